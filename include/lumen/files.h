@@ -10,7 +10,7 @@
 
 namespace lumen {
 
-// A read-only memory map of a whole file. Shared so tensors viewing it can keep it alive.
+// A private (copy-on-write) memory map of a whole file: in-place writes never reach the file. Shared so tensors viewing it can keep it alive.
 class MappedFile {
  public:
   static std::shared_ptr<MappedFile> open(const std::string& path);  // throws Error(Io)

@@ -27,7 +27,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   f->path_ = path;
   f->size_ = static_cast<size_t>(st.st_size);
   if (f->size_ > 0) {
-    void* p = mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* p = mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       ::close(fd);
       throw Error(ErrorKind::Io, path + ": mmap failed (" + std::strerror(errno) + ")");
