@@ -1,1 +1,275 @@
-// placeholder: being written
+// The forward pass. One block implementation reads ModelConfig's axes; every hook site is one
+// line `x = hook(site, layer, x)`. Shapes: B batch, T positions in this call, Tk keys (cache +
+// this call), D d_model, H heads, K kv heads, G = H/K, E head_dim, F d_mlp, V vocab.
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "lumen/error.h"
+#include "model/impl.h"
+
+namespace lumen {
+namespace {
+
+// Calls into the hook set only where something is registered.
+struct Hooks {
+  HookSet* set;
+  int64_t pos_offset;
+  torch::Tensor operator()(HookSite site, int layer, const torch::Tensor& x) const {
+    if (!set) return x;
+    const HookPoint p{site, layer};
+    return set->active(p) ? set->apply(p, x, pos_offset) : x;
+  }
+};
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  if (x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kDouble)
+    return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
+  // Half precision: normalise in float32, as HF does.
+  auto xf = x.to(torch::kFloat);
+  return (xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps)).to(x.scalar_type()) * w;
+}
+
+torch::Tensor norm(const ModelConfig& c, const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  if (c.norm == NormKind::LayerNorm) return torch::layer_norm(x, {x.size(-1)}, w, b, c.norm_eps);
+  return rms_norm(x, w, c.norm_eps);  // (1 + w) was folded into w at load time
+}
+
+torch::Tensor activation(ActKind a, const torch::Tensor& x) {
+  switch (a) {
+    case ActKind::GeluTanh: return torch::gelu(x, "tanh");
+    case ActKind::GeluErf: return torch::gelu(x);
+    case ActKind::Silu: return torch::silu(x);
+    case ActKind::Relu: return torch::relu(x);
+  }
+  return x;
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  return b.defined() ? torch::linear(x, w, b) : torch::linear(x, w);
+}
+
+// x [B,T,N,E]; cos, sin [B|1, T, 1, E/2].
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, RopeStyle style) {
+  const int64_t half = x.size(-1) / 2;
+  if (style == RopeStyle::RotateHalf) {
+    auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+    return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  }
+  auto pairs = x.unflatten(-1, {half, 2});  // [B,T,N,E/2,2]: (2i, 2i+1)
+  auto x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);
+  return torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).flatten(-2);
+}
+
+// Which keys each query sees: [B|1, 1, T, Tk] bool, or undefined when every key is visible.
+torch::Tensor attention_mask(int64_t T, int64_t p0, int64_t Tk, int64_t window, const torch::Tensor& key_valid,
+                             torch::Device dev) {
+  const bool causal_trivial = (T == 1);  // a single new query sees every earlier key
+  const bool window_trivial = window <= 0 || Tk <= window;
+  if (causal_trivial && window_trivial && !key_valid.defined()) return {};
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(dev);
+  auto q = torch::arange(p0, p0 + T, opts).unsqueeze(1);  // [T,1]
+  auto k = torch::arange(0, Tk, opts).unsqueeze(0);       // [1,Tk]
+  auto m = k <= q;
+  if (window > 0) m = m & (k > q - window);
+  m = m.view({1, 1, T, Tk});
+  if (key_valid.defined()) {
+    const int64_t B = key_valid.size(0);
+    // Padded keys are hidden; a padded query still sees itself so its softmax stays finite.
+    m = (m & key_valid.to(torch::kBool).view({B, 1, 1, Tk})) | (k == q).view({1, 1, T, Tk});
+  }
+  return m;
+}
+
+}  // namespace
+
+at::Tensor Model::forward(const at::Tensor& tokens_in, const RunOptions& opt) const {
+  const Impl& m = *impl_;
+  const ModelConfig& c = m.cfg;
+  torch::Tensor x;
+  int64_t B, T;
+  if (opt.input_embeds.defined()) {
+    require(opt.input_embeds.dim() == 3 && opt.input_embeds.size(2) == c.d_model, ErrorKind::Shape,
+            "input_embeds must be [B,T," + std::to_string(c.d_model) + "]");
+    x = opt.input_embeds.to(m.device, m.dtype);
+    B = x.size(0);
+    T = x.size(1);
+  } else {
+    require(tokens_in.dim() == 2, ErrorKind::Shape, "tokens must be [B,T] int64, got " + std::to_string(tokens_in.dim()) + " dims");
+    B = tokens_in.size(0);
+    T = tokens_in.size(1);
+    auto tokens = tokens_in.to(m.device, torch::kLong);
+    if (tokens.numel() > 0) {
+      const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+      require(lo >= 0 && hi < c.d_vocab, ErrorKind::Arg,
+              "token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0," + std::to_string(c.d_vocab) + ")");
+    }
+    x = torch::embedding(m.w_embed, tokens);
+  }
+  require(T > 0, ErrorKind::Arg, "empty input: at least one token is needed");
+
+  // Positions, padding and cache bookkeeping.
+  KVCache* cache = opt.cache;
+  const int64_t p0 = cache ? cache->length : 0;
+  const int64_t Tk = p0 + T;
+  require(Tk <= c.n_ctx, ErrorKind::Arg,
+          "sequence of " + std::to_string(Tk) + " tokens exceeds the model's context of " + std::to_string(c.n_ctx));
+  torch::Tensor positions;  // [B,T] int64, only when rows are padded
+  torch::Tensor key_valid;  // [B,Tk] bool, only when rows are padded
+  if (cache) {
+    require(cache->k.size() == static_cast<size_t>(c.n_layers) && Tk <= cache->capacity && cache->k[0].size(0) == B,
+            ErrorKind::Arg, "KV cache too small or for another batch: capacity " + std::to_string(cache->capacity) +
+                                ", need " + std::to_string(Tk));
+    if (opt.attention_mask.defined() && p0 == 0) {
+      auto mask = opt.attention_mask.to(m.device, torch::kBool);
+      cache->key_valid.narrow(1, 0, T).copy_(mask);
+      cache->padded = !mask.all().item<bool>();
+      positions = (mask.to(torch::kLong).cumsum(1) - 1).clamp_min(0);
+      cache->next_pos = positions.select(1, T - 1) + 1;
+    } else {
+      cache->key_valid.narrow(1, p0, T).fill_(true);
+      if (cache->padded) positions = cache->next_pos.view({B, 1}) + torch::arange(T, cache->next_pos.options()).view({1, T});
+      cache->next_pos = cache->next_pos + T;
+    }
+    if (cache->padded) key_valid = cache->key_valid.narrow(1, 0, Tk);
+  } else if (opt.attention_mask.defined()) {
+    key_valid = opt.attention_mask.to(m.device, torch::kBool);
+    require(key_valid.sizes() == torch::IntArrayRef({B, T}), ErrorKind::Shape, "attention_mask must be [B,T]");
+    positions = (key_valid.to(torch::kLong).cumsum(1) - 1).clamp_min(0);
+  }
+
+  const Hooks hook{opt.hooks, p0};
+  if (opt.hooks) opt.hooks->bind(c.n_layers, c.pos == PosKind::Learned, c.mlp == MlpKind::Gated);
+
+  if (c.embed_scale != 1.0) x = x * c.embed_scale;
+  x = hook(HookSite::embed, -1, x);  // [B,T,D]
+  if (c.pos == PosKind::Learned) {
+    auto pe = positions.defined() ? torch::embedding(m.w_pos, positions)
+                                  : m.w_pos.narrow(0, p0, T).unsqueeze(0).expand({B, T, c.d_model});
+    pe = hook(HookSite::pos_embed, -1, pe);
+    x = x + pe;
+  }
+  torch::Tensor cos, sin;  // [B|1, T, 1, E/2]
+  if (c.pos == PosKind::Rotary) {
+    const int64_t half = c.d_head / 2;
+    if (positions.defined()) {
+      cos = torch::embedding(m.rope_cos, positions).view({B, T, 1, half});
+      sin = torch::embedding(m.rope_sin, positions).view({B, T, 1, half});
+    } else {
+      cos = m.rope_cos.narrow(0, p0, T).view({1, T, 1, half});
+      sin = m.rope_sin.narrow(0, p0, T).view({1, T, 1, half});
+    }
+  }
+  const torch::Tensor mask_global = attention_mask(T, p0, Tk, 0, key_valid, m.device);
+  const torch::Tensor mask_sliding =
+      c.sliding_window > 0 ? attention_mask(T, p0, Tk, c.sliding_window, key_valid, m.device) : torch::Tensor();
+
+  const int64_t H = c.n_heads, K = c.n_kv_heads, G = H / K, E = c.d_head;
+  const int64_t n_run = opt.stop_at_layer >= 0 ? std::min<int64_t>(opt.stop_at_layer, c.n_layers) : c.n_layers;
+  for (int64_t l = 0; l < n_run; ++l) {
+    const LayerWeights& w = m.layers[l];
+    const int li = static_cast<int>(l);
+    x = hook(HookSite::resid_pre, li, x);
+
+    // ---- attention ----
+    auto a_in = hook(HookSite::ln1, li, norm(c, x, w.ln1_w, w.ln1_b));
+    auto q = linear(a_in, w.wq, w.bq).view({B, T, H, E});
+    auto k = linear(a_in, w.wk, w.bk).view({B, T, K, E});
+    auto v = linear(a_in, w.wv, w.bv).view({B, T, K, E});
+    if (c.pos == PosKind::Rotary) {
+      q = apply_rope(q, cos, sin, c.rope_style);
+      k = apply_rope(k, cos, sin, c.rope_style);
+    }
+    q = hook(HookSite::attn_q, li, q);
+    k = hook(HookSite::attn_k, li, k);
+    v = hook(HookSite::attn_v, li, v);
+    torch::Tensor k_all, v_all;  // [B,K,Tk,E]
+    if (cache) {
+      cache->k[l].narrow(2, p0, T).copy_(k.transpose(1, 2));
+      cache->v[l].narrow(2, p0, T).copy_(v.transpose(1, 2));
+      k_all = cache->k[l].narrow(2, 0, Tk);
+      v_all = cache->v[l].narrow(2, 0, Tk);
+    } else {
+      k_all = k.transpose(1, 2);
+      v_all = v.transpose(1, 2);
+    }
+    // Query heads h = kv*G + g share kv head `kv`: fold (G, T) into one axis so one batched
+    // matmul per kv head serves all its query heads without copying keys.
+    auto qg = (q * c.attn_scale).transpose(1, 2).reshape({B, K, G * T, E});
+    auto scores = torch::matmul(qg, k_all.transpose(-1, -2)).view({B, H, T, Tk});
+    if (c.attn_softcap > 0) scores = torch::tanh(scores / c.attn_softcap) * c.attn_softcap;
+    const torch::Tensor& mask = c.layer_slides(l) ? mask_sliding : mask_global;
+    if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+    scores = hook(HookSite::attn_scores, li, scores);
+    auto pattern = scores.scalar_type() == torch::kFloat || scores.scalar_type() == torch::kDouble
+                       ? torch::softmax(scores, -1)
+                       : torch::softmax(scores, -1, torch::kFloat).to(scores.scalar_type());
+    pattern = hook(HookSite::attn_pattern, li, pattern);  // [B,H,T,Tk]
+    auto z = torch::matmul(pattern.reshape({B, K, G * T, Tk}), v_all).view({B, H, T, E}).transpose(1, 2);
+    z = hook(HookSite::attn_z, li, z);  // [B,T,H,E]
+    auto attn = linear(z.reshape({B, T, H * E}), w.wo, w.bo);
+    if (c.sandwich_norms) attn = rms_norm(attn, w.post_attn_w, c.norm_eps);
+    attn = hook(HookSite::attn_out, li, attn);
+    x = hook(HookSite::resid_mid, li, x + attn);
+
+    // ---- MLP ----
+    auto m_in = hook(HookSite::ln2, li, norm(c, x, w.ln2_w, w.ln2_b));
+    torch::Tensor post;
+    if (c.mlp == MlpKind::Gated) {
+      auto gate = hook(HookSite::mlp_pre, li, linear(m_in, w.w_in, w.b_in));
+      auto up = hook(HookSite::mlp_pre_linear, li, torch::linear(m_in, w.w_up));
+      post = activation(c.act, gate) * up;
+    } else {
+      post = activation(c.act, hook(HookSite::mlp_pre, li, linear(m_in, w.w_in, w.b_in)));
+    }
+    post = hook(HookSite::mlp_post, li, post);  // [B,T,F]
+    auto mlp = linear(post, w.w_out, w.b_out);
+    if (c.sandwich_norms) mlp = rms_norm(mlp, w.post_mlp_w, c.norm_eps);
+    mlp = hook(HookSite::mlp_out, li, mlp);
+    x = hook(HookSite::resid_post, li, x + mlp);
+  }
+  if (cache) cache->length = Tk;
+  if (opt.stop_at_layer >= 0) return x;
+
+  x = hook(HookSite::ln_final, -1, norm(c, x, m.lnf_w, m.lnf_b));
+  auto logits = torch::linear(x, m.w_unembed);  // [B,T,V]
+  if (c.final_softcap > 0) logits = torch::tanh(logits / c.final_softcap) * c.final_softcap;
+  return logits;
+}
+
+at::Tensor Model::embed_tokens(const at::Tensor& tokens) const {
+  return torch::embedding(impl_->w_embed, tokens.to(impl_->device, torch::kLong));
+}
+
+at::Tensor Model::embed_one_hot(const at::Tensor& one_hot) const {
+  require(one_hot.dim() == 3 && one_hot.size(2) == impl_->cfg.d_vocab, ErrorKind::Shape,
+          "one-hot input must be [B,T," + std::to_string(impl_->cfg.d_vocab) + "]");
+  return torch::matmul(one_hot.to(impl_->dtype), impl_->w_embed);
+}
+
+at::Tensor Model::unembed_matrix() const { return impl_->w_unembed; }
+
+KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
+  const ModelConfig& c = impl_->cfg;
+  require(capacity > 0 && capacity <= c.n_ctx, ErrorKind::Arg,
+          "KV cache capacity " + std::to_string(capacity) + " must be in [1, n_ctx=" + std::to_string(c.n_ctx) + "]");
+  KVCache kv;
+  auto opts = torch::TensorOptions().dtype(impl_->dtype).device(impl_->device);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    kv.k.push_back(torch::zeros({batch, c.n_kv_heads, capacity, c.d_head}, opts));
+    kv.v.push_back(torch::zeros({batch, c.n_kv_heads, capacity, c.d_head}, opts));
+  }
+  kv.key_valid = torch::zeros({batch, capacity}, opts.dtype(torch::kBool));
+  kv.next_pos = torch::zeros({batch}, opts.dtype(torch::kLong));
+  kv.capacity = capacity;
+  return kv;
+}
+
+at::Tensor tokens_tensor(const std::vector<int32_t>& ids, c10::Device device) {
+  auto t = torch::empty({1, static_cast<int64_t>(ids.size())}, torch::kLong);
+  auto a = t.accessor<int64_t, 2>();
+  for (size_t i = 0; i < ids.size(); ++i) a[0][i] = ids[i];
+  return t.to(device);
+}
+
+}  // namespace lumen

@@ -1,0 +1,16 @@
+// Process set-up that must happen before any thread pool starts.
+#pragma once
+
+namespace lumen {
+
+// libgomp reads OMP_WAIT_POLICY when it is loaded, before main(); with its default, libtorch's
+// idle OpenMP threads spin and steal the cores OpenBLAS's threads need (measured 2.3-4x slower
+// forwards on 2 cores). If the variable is unset, this sets OMP_WAIT_POLICY=PASSIVE and re-executes
+// the program so the setting takes effect; it returns normally when no re-exec is needed or
+// possible. Call first thing in main(). LUMEN_KEEP_OMP_POLICY=1 disables it (for benchmarks).
+void init_runtime(int argc, char** argv);
+
+// "passive" / "active" / "default": what this process runs with.
+const char* omp_wait_policy();
+
+}  // namespace lumen
