@@ -115,6 +115,12 @@ class HookSet {
   // d(scalar)/d(watched site) for every watched site (zeros where the scalar does not depend on it).
   std::map<std::string, at::Tensor> gradients(const at::Tensor& scalar, bool retain_graph = false) const;
 
+  // Registers an extra hook point (e.g. "blocks.2.hook_resid_post.sae.hook_acts") that some
+  // component (an attached SAE) will call through apply_named(); caching, watching and
+  // interventions may then name it like any standard point.
+  HookSet& declare(const std::string& name);
+  const std::vector<std::string>& declared() const;
+
   // Interventions apply while this is true; generation turns it off after the prompt when asked.
   void set_interventions_enabled(bool on);
   bool empty() const;

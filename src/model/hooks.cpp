@@ -180,6 +180,7 @@ struct HookSet::State {
   std::vector<std::pair<std::string, Intervention>> interventions;
   std::map<std::string, at::Tensor> cached;
   std::map<std::string, at::Tensor> watched;
+  std::vector<std::string> declared;  // extra named points (SAE features, errors)
   bool interventions_enabled = true;
 
   // Binding to a model shape.
@@ -212,6 +213,13 @@ HookSet& HookSet::add(const std::string& name, Intervention iv) {
   s_->dirty = true;
   return *this;
 }
+
+HookSet& HookSet::declare(const std::string& name) {
+  if (std::find(s_->declared.begin(), s_->declared.end(), name) == s_->declared.end()) s_->declared.push_back(name);
+  s_->dirty = true;
+  return *this;
+}
+const std::vector<std::string>& HookSet::declared() const { return s_->declared; }
 
 const std::map<std::string, at::Tensor>& HookSet::cached() const { return s_->cached; }
 bool HookSet::has(const std::string& name) const { return s_->cached.count(name) > 0; }
@@ -280,6 +288,7 @@ void HookSet::bind(int64_t n_layers, bool learned_pos, bool gated_mlp) const {
           any = true;
         }
       }
+      for (const auto& d : s.declared) any = any || glob_match(pat.c_str(), d.c_str());
       require(any, ErrorKind::Hook, explain(pat));
     }
   };
@@ -287,6 +296,7 @@ void HookSet::bind(int64_t n_layers, bool learned_pos, bool gated_mlp) const {
   mark(s.watch_patterns, kWatch | kCache);
   for (size_t i = 0; i < s.interventions.size(); ++i) {
     const std::string& name = s.interventions[i].first;
+    if (std::find(s.declared.begin(), s.declared.end(), name) != s.declared.end()) continue;  // via apply_named
     auto hp = HookPoint::parse(name);
     bool ok = hp && (hp->is_global() || hp->layer < n_layers) && !s.names[hp->index()].empty();
     require(ok, ErrorKind::Hook, explain(name));

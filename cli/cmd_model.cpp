@@ -1,0 +1,203 @@
+// lumen info | tokenize | generate | cache | demo
+#include <chrono>
+
+#include "common.h"
+#include "lumen/generate.h"
+#include "lumen/runtime.h"
+#include "lumen/tensors.h"
+
+namespace lumen_cli {
+namespace {
+
+// ---- commands -----------------------------------------------------------------------------------
+
+int cmd_info(const ModelArgs& ma) {
+  auto model = ma.load(false);
+  const auto& c = model.config();
+  std::cout << "model         " << model.path() << "\n" << c.summary();
+  std::cout << "parameters    " << model.num_parameters() << "\n"
+            << "compute       " << model.device() << " " << c10::toString(model.dtype()) << "\n"
+            << "tokenizer     " << (model.tokenizer() ? model.tokenizer()->kind() + " (" + std::to_string(model.tokenizer()->vocab_size()) + " pieces)" : std::string("none found")) << "\n"
+            << "omp policy    " << lumen::omp_wait_policy() << "\n";
+  auto pts = model.hook_points();
+  std::cout << "hook points   " << pts.size() << " (per layer, l = 0.." << c.n_layers - 1 << "):\n";
+  for (const auto& p : pts) {
+    if (p.is_global()) std::cout << "  " << p.name() << "\n";
+    else if (p.layer == 0) std::cout << "  blocks.{l}." << p.name().substr(std::string("blocks.0.").size()) << "\n";
+  }
+  return 0;
+}
+
+int cmd_tokenize(const ModelArgs& ma, const std::string& text) {
+  std::unique_ptr<lumen::Tokenizer> own;
+  const lumen::Tokenizer* tok = nullptr;
+  std::optional<lumen::Model> model;
+  if (!ma.path.empty()) {
+    model.emplace(ma.load(true));
+    tok = model->tokenizer();
+  } else {
+    lumen::require(!ma.tokenizer.empty(), ErrorKind::Arg, "tokenize: give a MODEL or --tokenizer PATH");
+    own = lumen::load_tokenizer(ma.tokenizer);
+    tok = own.get();
+  }
+  auto ids = tok->encode(text, tok->adds_bos_by_default());
+  for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
+  std::cout << "\n";
+  return 0;
+}
+
+struct GenArgs {
+  std::string prompt;
+  int64_t max_tokens = 64;
+  double temperature = 0.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+};
+
+int cmd_generate(const ModelArgs& ma, const GenArgs& ga) {
+  torch::NoGradGuard no_grad;
+  auto model = ma.load(true);
+  const auto& tok = model.require_tokenizer();
+  auto ids = encode_prompt(model, ga.prompt);
+  // Print the prompt as run.c does: each forced token through the streaming decoder.
+  std::string out;
+  if (tok.bos_id() < 0 || ids[0] != tok.bos_id()) out += tok.decode_step(-1, ids[0]);
+  for (size_t i = 1; i < ids.size(); ++i) out += tok.decode_step(ids[i - 1], ids[i]);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fflush(stdout);
+
+  lumen::GenerateOptions go;
+  go.max_new_tokens = ga.max_tokens;
+  go.temperature = ga.temperature;
+  go.top_k = ga.top_k;
+  go.top_p = ga.top_p;
+  go.seed = ga.seed;
+  go.on_token = [&](size_t, int32_t prev, int32_t t) {
+    std::string piece = tok.decode_step(prev, t);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  };
+  auto res = lumen::generate(model, {ids}, go);
+  std::printf("\n");
+  const double secs = res.prefill_seconds + res.decode_seconds;
+  const size_t n = res.generated[0].size();
+  std::fprintf(stderr, "generated %zu tokens in %.3f s (%.1f tok/s)\n", n, secs, secs > 0 ? n / secs : 0.0);
+  return 0;
+}
+
+int cmd_cache(const ModelArgs& ma, const std::string& prompt, const std::string& ids_str, const std::string& hooks_pat,
+              const std::string& out_path) {
+  torch::NoGradGuard no_grad;
+  lumen::require(prompt.empty() != ids_str.empty(), ErrorKind::Arg, "cache: give exactly one of --prompt or --ids");
+  auto model = ma.load(!prompt.empty());
+  auto ids = prompt.empty() ? parse_ids(ids_str) : encode_prompt(model, prompt);
+  lumen::require(!ids.empty(), ErrorKind::Arg, "cache: no token ids");
+  lumen::HookSet hooks;
+  hooks.cache(hooks_pat);
+  lumen::RunOptions ro;
+  ro.hooks = &hooks;
+  auto logits = model.forward(lumen::tokens_tensor(ids, model.device()), ro);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  tensors.emplace_back("logits", logits[0].to(torch::kCPU, torch::kFloat).contiguous());
+  for (const auto& kv : hooks.cached()) tensors.emplace_back(kv.first, kv.second[0].to(torch::kCPU, torch::kFloat).contiguous());
+  std::map<std::string, std::string> meta{{"model", model.path()}, {"hooks", hooks_pat}};
+  std::string id_list;
+  for (size_t i = 0; i < ids.size(); ++i) id_list += (i ? " " : "") + std::to_string(ids[i]);
+  meta["input_ids"] = id_list;
+  lumen::save_safetensors(out_path, tensors, meta);
+  for (const auto& [name, t] : tensors) std::cout << name << " " << shape_str(t) << "\n";
+  std::cout << "wrote " << tensors.size() << " tensors to " << out_path << "\n";
+  return 0;
+}
+
+int cmd_demo(const ModelArgs& ma) {
+  torch::NoGradGuard no_grad;
+  auto t0 = std::chrono::steady_clock::now();
+  auto model = ma.load(true);
+  const auto& tok = model.require_tokenizer();
+  const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const auto& c = model.config();
+  std::printf("== lumen demo: %s\n", model.path().c_str());
+  std::printf("%s %lld layers, d_model %lld, %lld heads (%lld kv), vocab %lld; %lld parameters; loaded in %.1f ms\n",
+              c.family.c_str(), (long long)c.n_layers, (long long)c.d_model, (long long)c.n_heads,
+              (long long)c.n_kv_heads, (long long)c.d_vocab, (long long)model.num_parameters(), load_ms);
+
+  const std::string prompt = "Once upon a time";
+  auto ids = encode_prompt(model, prompt);
+  for (int sampled = 0; sampled < 2; ++sampled) {
+    lumen::GenerateOptions go;
+    go.max_new_tokens = 80;
+    go.temperature = sampled ? 0.8 : 0.0;
+    go.top_p = sampled ? 0.95 : 1.0;
+    go.seed = 42;
+    auto res = lumen::generate(model, {ids}, go);
+    std::string text;
+    for (size_t i = 1; i < res.tokens[0].size(); ++i) text += tok.decode_step(res.tokens[0][i - 1], res.tokens[0][i]);
+    const double secs = res.prefill_seconds + res.decode_seconds;
+    std::printf("\n-- %s (%zu new tokens, %.0f tok/s):\n%s\n", sampled ? "sampled, T=0.8 top-p 0.95 seed 42" : "greedy",
+                res.generated[0].size(), secs > 0 ? res.generated[0].size() / secs : 0.0, text.c_str());
+    if (!sampled) ids = res.tokens[0];
+  }
+
+  // Cache every residual stream and attention pattern over the greedy story.
+  lumen::HookSet hooks;
+  hooks.cache("hook_embed,blocks.*.hook_resid_post,blocks.*.attn.hook_pattern,blocks.*.hook_mlp_out");
+  lumen::RunOptions ro;
+  ro.hooks = &hooks;
+  model.forward(lumen::tokens_tensor(ids, model.device()), ro);
+  std::printf("\n-- activation cache over the greedy story (%zu tokens)\n", ids.size());
+  std::printf("%-32s %-16s %10s %10s %10s\n", "hook", "shape", "mean", "std", "max|x|");
+  for (const auto& p : model.hook_points()) {
+    const std::string name = p.name();
+    if (!hooks.has(name)) continue;
+    auto t = hooks.get(name).to(torch::kFloat);
+    std::printf("%-32s %-16s %10.4f %10.4f %10.4f\n", name.c_str(), shape_str(t).c_str(), t.mean().item<double>(),
+                t.std().item<double>(), t.abs().max().item<double>());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app, int& rc) {
+  auto ma = std::make_shared<ModelArgs>();
+  auto* info = app.add_subcommand("info", "architecture, sizes, dtype and hook points of a model");
+  ma->add(info);
+  info->callback([&rc, ma] { rc = cmd_info(*ma); });
+
+  auto text = std::make_shared<std::string>();
+  auto* tokenize = app.add_subcommand("tokenize", "print token ids (space separated) for a text");
+  ma->add(tokenize, false);
+  tokenize->add_option("--text", *text, "text to encode")->required();
+  tokenize->callback([&rc, ma, text] { rc = cmd_tokenize(*ma, *text); });
+
+  auto ga = std::make_shared<GenArgs>();
+  auto* gen = app.add_subcommand("generate", "generate text with a KV cache");
+  ma->add(gen);
+  gen->add_option("--prompt", ga->prompt, "prompt text")->capture_default_str();
+  gen->add_option("--max-tokens", ga->max_tokens, "new tokens at most")->capture_default_str();
+  gen->add_option("--temperature", ga->temperature, "0 = greedy")->capture_default_str();
+  gen->add_option("--top-k", ga->top_k, "0 = off")->capture_default_str();
+  gen->add_option("--top-p", ga->top_p, "1 = off")->capture_default_str();
+  gen->add_option("--seed", ga->seed, "sampling seed")->capture_default_str();
+  gen->callback([&rc, ma, ga] { rc = cmd_generate(*ma, *ga); });
+
+  struct CacheArgs {
+    std::string prompt, ids, hooks = "all", out;
+  };
+  auto ca = std::make_shared<CacheArgs>();
+  auto* cache = app.add_subcommand("cache", "run a prompt and write logits + hook activations to safetensors");
+  ma->add(cache);
+  cache->add_option("--prompt", ca->prompt, "prompt text");
+  cache->add_option("--ids", ca->ids, "token ids, e.g. \"1 2 3\"");
+  cache->add_option("--hooks", ca->hooks, "comma-separated hook names or globs (\"all\")")->capture_default_str();
+  cache->add_option("--out", ca->out, "output .safetensors")->required();
+  cache->callback([&rc, ma, ca] { rc = cmd_cache(*ma, ca->prompt, ca->ids, ca->hooks, ca->out); });
+
+  auto* demo = app.add_subcommand("demo", "the main job: generate and summarise an activation cache");
+  ma->add(demo);
+  demo->callback([&rc, ma] { rc = cmd_demo(*ma); });
+}
+
+}  // namespace lumen_cli

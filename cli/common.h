@@ -1,0 +1,98 @@
+// Shared by the CLI's command files: model arguments and small parsing helpers.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lumen/error.h"
+#include "lumen/model.h"
+
+namespace lumen_cli {
+
+using lumen::Error;
+using lumen::ErrorKind;
+
+struct ModelArgs {
+  std::string path;
+  std::string tokenizer;
+  std::string device = "cpu";
+  std::string dtype = "f32";
+
+  void add(CLI::App* cmd, bool positional_required = true) {
+    auto* o = cmd->add_option("model", path, "model folder (HF config.json + safetensors) or llama2.c .bin");
+    if (positional_required) o->required();
+    cmd->add_option("--tokenizer", tokenizer, "tokenizer file or folder (default: found next to the model)");
+    cmd->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
+    cmd->add_option("--dtype", dtype, "compute dtype: f32, bf16, f16")->capture_default_str();
+  }
+
+  lumen::Model load(bool need_tokenizer) const {
+    lumen::LoadOptions lo;
+    lo.tokenizer_path = tokenizer;
+    lo.require_tokenizer = need_tokenizer;
+    if (device.rfind("cuda", 0) == 0)
+      lumen::require(torch::cuda::is_available(), ErrorKind::Arg, "--device " + device + ": CUDA is not available in this build/machine");
+    lo.device = c10::Device(device);
+    if (dtype == "f32" || dtype == "float32") lo.dtype = torch::kFloat;
+    else if (dtype == "bf16" || dtype == "bfloat16") lo.dtype = torch::kBFloat16;
+    else if (dtype == "f16" || dtype == "float16") lo.dtype = torch::kHalf;
+    else throw Error(ErrorKind::Arg, "--dtype " + dtype + ": expected f32, bf16 or f16");
+    return lumen::Model::load(path, lo);
+  }
+};
+
+inline std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::string tok;
+  std::stringstream ss(s);
+  while (ss >> tok) {
+    for (auto& ch : tok)
+      if (ch == ',') ch = ' ';
+    std::stringstream inner(tok);
+    std::string part;
+    while (inner >> part) {
+      try {
+        size_t used = 0;
+        long v = std::stol(part, &used);
+        lumen::require(used == part.size(), ErrorKind::Arg, "--ids: '" + part + "' is not an integer");
+        ids.push_back(static_cast<int32_t>(v));
+      } catch (const std::logic_error&) {
+        throw Error(ErrorKind::Arg, "--ids: '" + part + "' is not an integer");
+      }
+    }
+  }
+  return ids;
+}
+
+// Encodes a prompt the way the tokenizer's family does (BOS for llama2.c/SentencePiece).
+inline std::vector<int32_t> encode_prompt(const lumen::Model& model, const std::string& text) {
+  const auto& tok = model.require_tokenizer();
+  auto ids = tok.encode(text, tok.adds_bos_by_default());
+  if (ids.empty()) {
+    const int32_t start = tok.bos_id() >= 0 ? tok.bos_id() : model.config().eos_id;
+    lumen::require(start >= 0, ErrorKind::Arg, "empty prompt and the tokenizer has no BOS/EOS to start from");
+    ids.push_back(start);
+  }
+  return ids;
+}
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::ostringstream o;
+  o << "[";
+  for (int64_t i = 0; i < t.dim(); ++i) o << (i ? "," : "") << t.size(i);
+  o << "]";
+  return o.str();
+}
+
+// Each command file registers its subcommands; a subcommand's callback stores its exit code in rc.
+void add_model_commands(CLI::App& app, int& rc);
+
+}  // namespace lumen_cli
