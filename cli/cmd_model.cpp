@@ -4,6 +4,7 @@
 #include "common.h"
 #include "lumen/generate.h"
 #include "lumen/runtime.h"
+#include "lumen/scopes.h"
 #include "lumen/tensors.h"
 
 namespace lumen_cli {
@@ -154,6 +155,25 @@ int cmd_demo(const ModelArgs& ma) {
     auto t = hooks.get(name).to(torch::kFloat);
     std::printf("%-32s %-16s %10.4f %10.4f %10.4f\n", name.c_str(), shape_str(t).c_str(), t.mean().item<double>(),
                 t.std().item<double>(), t.abs().max().item<double>());
+  }
+
+  // One Superscopes sweep: the hidden state of "dog" patched into a story prompt, amplified.
+  const std::string source = "Once upon a time, there was a little dog";
+  lumen::ScopeTarget target;
+  target.text = "One day, Lily saw a ?";
+  lumen::ScopeOptions so;
+  so.amps = {1, 2, 4, 8, 16};
+  so.max_new_tokens = 16;
+  const int64_t layer = std::min<int64_t>(1, c.n_layers - 1);
+  auto v = lumen::scope_source_vector(model, source, layer, "resid_post", -1);
+  auto rows = lumen::run_scope(model, v, layer, "resid_post", target, so);
+  std::printf("\n-- superscopes: \"%s\" (last token, blocks.%lld.hook_resid_post) patched into \"%s\"\n", source.c_str(),
+              (long long)layer, target.text.c_str());
+  for (const auto& r : rows) {
+    std::string text = r.text;
+    for (auto& ch : text)
+      if (ch == '\n') ch = ' ';
+    std::printf("  x%-4g %s\n", r.amp, text.c_str());
   }
   return 0;
 }

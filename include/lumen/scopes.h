@@ -80,7 +80,8 @@ struct ScopeBenchOptions {
 };
 struct ScopeBenchResult {
   // method -> layer -> success rate; methods: patchscopes (factor 1), superscopes_best (any factor
-  // succeeds: an oracle upper bound), superscopes_auto (factor chosen without the answer)
+  // succeeds: an oracle upper bound), superscopes_auto (factor chosen without the answer), and
+  // unpatched (the target prompt's own output: the base rate any method must beat)
   std::map<std::string, std::map<int64_t, double>> rates;
   int64_t n_entities = 0;
   double ms_per_source_vector = 0;

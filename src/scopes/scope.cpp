@@ -245,6 +245,18 @@ ScopeBenchResult run_scope_bench(const Model& model, const std::string& entities
 
   ScopeBenchResult res;
   res.n_entities = static_cast<int64_t>(ents.size());
+  // Control: what the target prompt says with no patch at all (its answers are a base rate).
+  {
+    std::vector<int32_t> ids;
+    scope_placeholder_position(model.require_tokenizer(), opt.target, &ids);
+    GenerateOptions go;
+    go.max_new_tokens = opt.max_new_tokens;
+    auto plain = generate(model, {ids}, go);
+    const std::string text = decode_continuation(model.require_tokenizer(), ids.back(), plain.generated[0]);
+    int64_t hits = 0;
+    for (const auto& e : ents) hits += scope_contains_word(text, e.answer);
+    for (int64_t layer : layers) res.rates["unpatched"][layer] = hits / static_cast<double>(ents.size());
+  }
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t layer : layers) {
     int64_t ok1 = 0, ok_best = 0, ok_auto = 0;
