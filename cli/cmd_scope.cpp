@@ -2,12 +2,16 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "lumen/sae.h"
 #include "lumen/scopes.h"
 
 namespace lumen_cli {
 namespace {
 
 struct ScopeArgs {
+  std::string sae;
+  int64_t latent = -1;
+  double sae_scale = 10.0;
   std::string source, site = "resid_post", amp = "1", target = "identity", placeholder = "?", baseline,
               baseline_corpus, expect;
   int64_t layer = 0, pos = -1, target_layer = -1, max_tokens = 20;
@@ -55,17 +59,28 @@ std::string one_line(std::string s) {
 }
 
 int cmd_scope(const ModelArgs& ma, const ScopeArgs& a) {
-  lumen::require(!a.source.empty(), ErrorKind::Arg, "scope: --source PROMPT is required");
+  lumen::require(a.source.empty() != a.sae.empty(), ErrorKind::Arg,
+                 "scope: give --source PROMPT, or --sae DIR --latent N (an SAE decoder direction)");
   auto model = ma.load(true);
-  auto v = lumen::scope_source_vector(model, a.source, a.layer, a.site, a.pos);
+  int64_t layer = a.layer;
+  std::string site = a.site;
+  at::Tensor v;
+  if (!a.sae.empty()) {
+    lumen::require(a.latent >= 0, ErrorKind::Arg, "scope: --sae needs --latent N");
+    auto sae = lumen::load_sae(a.sae, model.device());
+    lumen::check_sae_fits(sae, model);
+    v = lumen::scope_sae_direction(sae, a.latent, a.sae_scale, &layer, &site);
+  } else {
+    v = lumen::scope_source_vector(model, a.source, a.layer, a.site, a.pos);
+  }
   lumen::ScopeOptions so;
   so.amps = parse_amps(a.amp);
   so.max_new_tokens = a.max_tokens;
   so.temperature = a.temperature;
   so.seed = a.seed;
-  if (!a.baseline.empty()) so.baseline = lumen::scope_source_vector(model, a.baseline, a.layer, a.site, -1);
-  if (!a.baseline_corpus.empty()) so.baseline = lumen::scope_mean_vector(model, a.baseline_corpus, a.layer, a.site, 20000);
-  auto rows = lumen::run_scope(model, v, a.layer, a.site, make_target(a.target, a.placeholder, a.target_layer, a.every_step), so);
+  if (!a.baseline.empty()) so.baseline = lumen::scope_source_vector(model, a.baseline, layer, site, -1);
+  if (!a.baseline_corpus.empty()) so.baseline = lumen::scope_mean_vector(model, a.baseline_corpus, layer, site, 20000);
+  auto rows = lumen::run_scope(model, v, layer, site, make_target(a.target, a.placeholder, a.target_layer, a.every_step), so);
   const size_t pick = lumen::scope_pick_auto(rows, a.source, a.expect);
   if (a.json) {
     nlohmann::json out = nlohmann::json::array();
@@ -77,8 +92,9 @@ int cmd_scope(const ModelArgs& ma, const ScopeArgs& a) {
     std::cout << out.dump() << "\n";
     return 0;
   }
-  std::printf("source: \"%s\" layer %lld %s pos %lld; %s%s\n", a.source.c_str(), (long long)a.layer, a.site.c_str(),
-              (long long)a.pos, so.baseline.defined() ? "guidance v_base + a(v - v_base)" : "scalar a*v",
+  const std::string what = a.sae.empty() ? "\"" + a.source + "\" pos " + std::to_string(a.pos)
+                                         : "SAE latent " + std::to_string(a.latent) + " x" + std::to_string(a.sae_scale);
+  std::printf("source: %s, layer %lld %s; %s%s\n", what.c_str(), (long long)layer, site.c_str(), so.baseline.defined() ? "guidance v_base + a(v - v_base)" : "scalar a*v",
               a.every_step ? "; patched every step" : "");
   std::printf("%8s  %s\n", "factor", "generated");
   for (size_t i = 0; i < rows.size(); ++i)
@@ -133,6 +149,9 @@ void add_scope_commands(CLI::App& app, int& rc) {
   auto* scope = app.add_subcommand("scope", "Patchscopes/Superscopes: patch an (amplified) activation into a target prompt");
   ma->add(scope, false);
   scope->add_option("--source", a->source, "source prompt");
+  scope->add_option("--sae", a->sae, "describe an SAE latent's decoder direction instead (SAELens folder / params.npz)");
+  scope->add_option("--latent", a->latent, "with --sae: the latent");
+  scope->add_option("--sae-scale", a->sae_scale, "with --sae: the direction's scale")->capture_default_str();
   scope->add_option("--layer", a->layer, "source layer")->capture_default_str();
   scope->add_option("--site", a->site, "resid_post (hidden state), mlp_out, resid_mid (MLP input)")->capture_default_str();
   scope->add_option("--pos", a->pos, "source position (negative: from the end)")->capture_default_str();

@@ -2,7 +2,7 @@
 # Installs lumen's build dependencies from Debian packages, only those missing.
 # Idempotent: a machine that already has everything is left untouched.
 set -euo pipefail
-pkgs=(cmake g++ make libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev
+pkgs=(cmake g++ make pkg-config libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev
       libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libzip-dev libcpp-httplib-dev
       python3-torch python3-numpy)
 missing=()

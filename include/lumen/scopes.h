@@ -27,6 +27,11 @@ at::Tensor scope_source_vector(const Model& model, const std::string& prompt, in
 at::Tensor scope_mean_vector(const Model& model, const std::string& corpus_path, int64_t layer,
                              const std::string& site, int64_t max_tokens);
 
+class Sae;
+// A direction to describe: scale x the SAE's decoder row for `latent` ([D]), and where it lives
+// (the SAE's hook: layer and site name as scope_hook_name understands it).
+at::Tensor scope_sae_direction(const Sae& sae, int64_t latent, double scale, int64_t* layer, std::string* site);
+
 constexpr const char* kIdentityTemplate = "cat -> cat\n1135 -> 1135\nhello -> hello\n?";
 constexpr const char* kDescribeTemplate = "Here is a word and what it means.\n?";
 

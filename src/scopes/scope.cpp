@@ -15,6 +15,7 @@
 #include "lumen/error.h"
 #include "lumen/files.h"
 #include "lumen/generate.h"
+#include "lumen/sae.h"
 
 namespace lumen {
 namespace {
@@ -111,6 +112,21 @@ at::Tensor scope_mean_vector(const Model& model, const std::string& corpus_path,
   }
   require(count > 0, ErrorKind::Arg, corpus_path + ": no text to average over");
   return (sum / static_cast<double>(count)).to(model.dtype());
+}
+
+at::Tensor scope_sae_direction(const Sae& sae, int64_t latent, double scale, int64_t* layer, std::string* site) {
+  const auto& c = sae.config();
+  require(latent >= 0 && latent < c.d_sae, ErrorKind::Arg,
+          "--latent " + std::to_string(latent) + " is outside the SAE's " + std::to_string(c.d_sae) + " latents");
+  auto hp = HookPoint::parse(c.hook_name);
+  static const std::map<HookSite, std::string> sites = {{HookSite::resid_post, "resid_post"}, {HookSite::mlp_out, "mlp_out"},
+                                                         {HookSite::resid_mid, "resid_mid"}, {HookSite::resid_pre, "resid_pre"},
+                                                         {HookSite::attn_out, "attn_out"}};
+  require(hp && sites.count(hp->site), ErrorKind::Arg,
+          "SAE hook '" + c.hook_name + "' is not a residual, MLP-out or attention-out site a scope can patch");
+  *layer = hp->layer;
+  *site = sites.at(hp->site);
+  return (sae.W_dec[latent].to(torch::kFloat) * scale).detach();
 }
 
 int64_t scope_placeholder_position(const Tokenizer& tok, const ScopeTarget& target, std::vector<int32_t>* ids_out) {
