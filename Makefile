@@ -3,7 +3,8 @@
 BUILD ?= build
 JOBS ?= 2
 BUILD_TYPE ?= Release
-LUMEN_MODEL ?= ../shared/models/stories260K
+LUMEN_SHARED ?= ../shared
+LUMEN_MODEL ?= $(LUMEN_SHARED)/models/stories260K
 CMAKE_ARGS ?=
 
 .PHONY: all deps configure build test demo bench fuzz clean
@@ -23,7 +24,8 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	$(BUILD)/lumen demo $(LUMEN_MODEL)
+	$(BUILD)/lumen demo $(LUMEN_MODEL) --corpus $(LUMEN_SHARED)/data/tinystories/train.txt \
+	  --heldout $(LUMEN_SHARED)/data/tinystories/heldout.txt --work-dir $(BUILD)/demo
 
 bench: build
 	bench/run.sh $(BUILD)

@@ -1,9 +1,15 @@
 // lumen info | tokenize | generate | cache | demo
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 
 #include "common.h"
 #include "lumen/generate.h"
 #include "lumen/runtime.h"
+#include "lumen/features.h"
+#include "lumen/files.h"
+#include "lumen/sae.h"
 #include "lumen/scopes.h"
 #include "lumen/tensors.h"
 
@@ -112,7 +118,70 @@ int cmd_cache(const ModelArgs& ma, const std::string& prompt, const std::string&
   return 0;
 }
 
-int cmd_demo(const ModelArgs& ma) {
+struct DemoArgs {
+  std::string corpus, heldout, work_dir = "build/demo";
+  int64_t sae_tokens = 400000;
+};
+
+// SAEs at every residual stream (trained once, then reused from the work dir), their eval table,
+// and a feature harvest with two dashboards.
+void demo_saes_and_features(const lumen::Model& model, const DemoArgs& d) {
+  const auto& c = model.config();
+  ::mkdir(d.work_dir.c_str(), 0755);
+  std::vector<lumen::Sae> saes;
+  std::printf("\n-- sparse autoencoders (TopK, 512 latents, %lld training tokens each; cached in %s)\n",
+              (long long)d.sae_tokens, d.work_dir.c_str());
+  std::printf("%-26s %4s %8s %8s %10s %10s %10s %8s %7s\n", "hook", "L0", "MSE", "FVU", "CE clean", "CE spliced",
+              "CE ablated", "CE rec.", "dead");
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string hook = "blocks." + std::to_string(l) + ".hook_resid_post";
+    const std::string dir = d.work_dir + "/sae_l" + std::to_string(l);
+    if (!lumen::file_exists(dir + "/cfg.json")) {
+      lumen::TrainOptions o;
+      o.sae.arch = lumen::SaeArch::TopK;
+      o.sae.k = l * 5 < c.n_layers * 2 ? 8 : (l * 5 < c.n_layers * 3 ? 16 : 32);  // deeper layers need more
+      o.sae.d_sae = 512;
+      o.sae.hook_name = hook;
+      o.total_tokens = d.sae_tokens;
+      o.lr = 2e-3;
+      o.data.corpus = d.corpus;
+      o.data.batch_tokens = 1024;
+      o.out_dir = dir;
+      o.log = [](const std::string&) {};
+      std::fprintf(stderr, "training the %s SAE...\n", hook.c_str());
+      lumen::train_sae(model, o);
+    }
+    auto sae = lumen::load_sae(dir, model.device());
+    lumen::EvalOptions eo;
+    eo.corpus = d.heldout.empty() ? d.corpus : d.heldout;
+    eo.tokens = 20000;
+    auto r = lumen::evaluate_sae(model, sae, eo);
+    std::printf("%-26s %4.0f %8.4f %8.4f %10.4f %10.4f %10.4f %7.1f%% %6.1f%%\n", hook.c_str(), r.l0, r.mse, r.fvu,
+                r.ce_loss_clean, r.ce_loss_spliced, r.ce_loss_ablated, 100 * r.ce_loss_recovered, 100 * r.dead_fraction);
+    saes.push_back(sae);
+  }
+  const std::string store = d.work_dir + "/features.db";
+  if (!lumen::file_exists(store)) {
+    std::vector<lumen::FeatureSource> sources;
+    for (const auto& sae : saes) sources.push_back(lumen::sae_feature_source(sae));
+    lumen::HarvestOptions ho;
+    ho.corpus = d.corpus;
+    ho.out = store;
+    ho.tokens = 100000;
+    ho.log = [](const std::string&) {};
+    auto hr = lumen::harvest_features(model, sources, ho);
+    std::printf("\n-- feature harvest: %lld tokens, %zu SAEs, %.0f tok/s -> %s\n", (long long)hr.tokens, sources.size(),
+                hr.seconds > 0 ? hr.tokens / hr.seconds : 0.0, store.c_str());
+  }
+  auto fs = lumen::FeatureStore::open(store);
+  const std::string src = fs.sources()[std::min<size_t>(2, fs.sources().size() - 1)];
+  for (const auto& [f, v] : fs.top(src, "max", 2)) {
+    std::printf("\n");
+    std::fputs(lumen::render_feature_dashboard(fs.info(src, f), isatty(STDOUT_FILENO)).c_str(), stdout);
+  }
+}
+
+int cmd_demo(const ModelArgs& ma, const DemoArgs& da) {
   torch::NoGradGuard no_grad;
   auto t0 = std::chrono::steady_clock::now();
   auto model = ma.load(true);
@@ -175,6 +244,7 @@ int cmd_demo(const ModelArgs& ma) {
       if (ch == '\n') ch = ' ';
     std::printf("  x%-4g %s\n", r.amp, text.c_str());
   }
+  if (!da.corpus.empty()) demo_saes_and_features(model, da);
   return 0;
 }
 
@@ -215,9 +285,14 @@ void add_model_commands(CLI::App& app, int& rc) {
   cache->add_option("--out", ca->out, "output .safetensors")->required();
   cache->callback([&rc, ma, ca] { rc = cmd_cache(*ma, ca->prompt, ca->ids, ca->hooks, ca->out); });
 
-  auto* demo = app.add_subcommand("demo", "the main job: generate and summarise an activation cache");
+  auto da = std::make_shared<DemoArgs>();
+  auto* demo = app.add_subcommand("demo", "the main job: generation, activation cache, a Superscopes sweep, SAEs and feature pages");
   ma->add(demo);
-  demo->callback([&rc, ma] { rc = cmd_demo(*ma); });
+  demo->add_option("--corpus", da->corpus, "training text for the SAEs and the feature harvest (omit to skip them)");
+  demo->add_option("--heldout", da->heldout, "evaluation text for the SAEs");
+  demo->add_option("--work-dir", da->work_dir, "where trained SAEs and the feature store are cached")->capture_default_str();
+  demo->add_option("--sae-tokens", da->sae_tokens, "training tokens per SAE")->capture_default_str();
+  demo->callback([&rc, ma, da] { rc = cmd_demo(*ma, *da); });
 }
 
 }  // namespace lumen_cli

@@ -94,5 +94,8 @@ inline std::string shape_str(const at::Tensor& t) {
 
 // Each command file registers its subcommands; a subcommand's callback stores its exit code in rc.
 void add_model_commands(CLI::App& app, int& rc);
+void add_sae_commands(CLI::App& app, int& rc);
+void add_scope_commands(CLI::App& app, int& rc);
+void add_features_commands(CLI::App& app, int& rc);
 
 }  // namespace lumen_cli

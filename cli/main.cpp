@@ -9,6 +9,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int rc = 0;
   lumen_cli::add_model_commands(app, rc);
+  lumen_cli::add_sae_commands(app, rc);
+  lumen_cli::add_scope_commands(app, rc);
+  lumen_cli::add_features_commands(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

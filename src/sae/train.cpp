@@ -62,6 +62,7 @@ at::Tensor scalar_d(double v) { return torch::tensor({v}, torch::kDouble); }
 }  // namespace
 
 TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
+  torch::AutoGradMode enable_grad(true);  // callers may hold a NoGradGuard (the CLI does)
   TrainOptions opt = opt_in;
   auto log = opt.log ? opt.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
   const SaeArch arch = opt.sae.arch;
