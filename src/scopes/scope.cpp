@@ -63,6 +63,22 @@ std::string scope_hook_name(const std::string& site, int64_t layer) {
   return "blocks." + std::to_string(layer) + "." + it->second;
 }
 
+namespace {
+
+// Activations at one site for a batch of token windows [B,T] -> [B,T,D], running only the
+// blocks up to that site.
+at::Tensor site_activations(const Model& model, const at::Tensor& tokens, int64_t layer, const std::string& name) {
+  HookSet hooks;
+  hooks.cache(name);
+  RunOptions ro;
+  ro.hooks = &hooks;
+  ro.stop_at_layer = layer + 1;
+  model.forward(tokens, ro);
+  return hooks.get(name);
+}
+
+}  // namespace
+
 at::Tensor scope_source_vector(const Model& model, const std::string& prompt, int64_t layer, const std::string& site,
                                int64_t pos) {
   require(layer >= 0 && layer < model.config().n_layers, ErrorKind::Arg,
@@ -75,42 +91,25 @@ at::Tensor scope_source_vector(const Model& model, const std::string& prompt, in
   const int64_t p = pos < 0 ? T + pos : pos;
   require(p >= 0 && p < T, ErrorKind::Arg,
           "--pos " + std::to_string(pos) + " is outside the source prompt's " + std::to_string(T) + " tokens");
-  const std::string name = scope_hook_name(site, layer);
-  HookSet hooks;
-  hooks.cache(name);
-  RunOptions ro;
-  ro.hooks = &hooks;
-  ro.stop_at_layer = layer + 1;
-  model.forward(tokens_tensor(ids, model.device()), ro);
-  return hooks.get(name)[0][p].clone();
+  auto acts = site_activations(model, tokens_tensor(ids, model.device()), layer, scope_hook_name(site, layer));
+  return acts[0][p].clone();
 }
 
 at::Tensor scope_mean_vector(const Model& model, const std::string& corpus_path, int64_t layer, const std::string& site,
                              int64_t max_tokens) {
   torch::NoGradGuard ng;
-  const auto& tok = model.require_tokenizer();
-  std::ifstream in(corpus_path);
-  require(static_cast<bool>(in), ErrorKind::Io, corpus_path + ": cannot open corpus");
   const std::string name = scope_hook_name(site, layer);
-  const int64_t window = std::min<int64_t>(model.config().n_ctx, 256);
+  auto windows = tokenize_corpus(model, corpus_path, std::min<int64_t>(model.config().n_ctx, 128), "text", max_tokens);
+  require(windows.size(0) > 0, ErrorKind::Arg, corpus_path + ": no text to average over");
   at::Tensor sum;
   int64_t count = 0;
-  std::string line;
-  while (count < max_tokens && std::getline(in, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto ids = tok.encode(line, tok.adds_bos_by_default());
-    if (static_cast<int64_t>(ids.size()) > window) ids.resize(window);
-    HookSet hooks;
-    hooks.cache(name);
-    RunOptions ro;
-    ro.hooks = &hooks;
-    ro.stop_at_layer = layer + 1;
-    model.forward(tokens_tensor(ids, model.device()), ro);
-    auto acts = hooks.get(name)[0].to(torch::kDouble);  // [T,D]
-    sum = sum.defined() ? sum + acts.sum(0) : acts.sum(0);
-    count += acts.size(0);
+  for (int64_t w = 0; w < windows.size(0); w += 16) {
+    auto batch = windows.narrow(0, w, std::min<int64_t>(16, windows.size(0) - w)).to(model.device());
+    auto acts = site_activations(model, batch, layer, name).to(torch::kDouble);  // [B,T,D]
+    auto part = acts.sum(std::vector<int64_t>{0, 1});
+    sum = sum.defined() ? sum + part : part;
+    count += acts.size(0) * acts.size(1);
   }
-  require(count > 0, ErrorKind::Arg, corpus_path + ": no text to average over");
   return (sum / static_cast<double>(count)).to(model.dtype());
 }
 
