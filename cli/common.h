@@ -96,6 +96,7 @@ inline std::string shape_str(const at::Tensor& t) {
 void add_model_commands(CLI::App& app, int& rc);
 void add_sae_commands(CLI::App& app, int& rc);
 void add_scope_commands(CLI::App& app, int& rc);
+void add_flags_commands(CLI::App& app, int& rc);
 void add_features_commands(CLI::App& app, int& rc);
 
 }  // namespace lumen_cli

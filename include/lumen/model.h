@@ -86,4 +86,9 @@ class Model {
 // Token ids as a [1,T] int64 tensor on `device`.
 at::Tensor tokens_tensor(const std::vector<int32_t>& ids, c10::Device device = c10::Device(c10::kCPU));
 
+// Writes `model` as an HF llama folder: config.json, model.safetensors (float32) and the tokenizer
+// found next to the model. llama and llama2c families only; llama2.c q/k rows are permuted from
+// interleaved to rotate-half RoPE order, so the exported model computes the same logits.
+void save_hf_checkpoint(const Model& model, const std::string& dir);
+
 }  // namespace lumen

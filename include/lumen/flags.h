@@ -1,0 +1,169 @@
+// Inert interpretability flags (Ye & Cui, 2026, "Efficient Representations are Controllable
+// Representations"): fine-tune a model so that k fixed residual dimensions at one layer carry k
+// binary concept labels, teach it to rely on them, then steer generation by setting them.
+// Labels come from a JSONL corpus or from keyword rules over plain text (docs/flags.md).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "lumen/generate.h"
+#include "lumen/hooks.h"
+#include "lumen/model.h"
+
+namespace lumen {
+
+// ---- concepts and labels (src/flags/concepts.cpp) ------------------------------------------------
+
+// A concept is present in a text when any of its words occurs as a whole word, case-insensitively.
+struct ConceptRule {
+  std::string name;
+  std::vector<std::string> words;
+};
+
+// The built-in TinyStories set: 12 concrete or emotional concepts common enough in the corpus.
+std::vector<ConceptRule> default_tinystories_rules();
+// Rules file: one concept a line, "name: word word ...", '#' starts a comment.
+std::vector<ConceptRule> load_rules(const std::string& path);
+bool rule_matches(const ConceptRule& rule, const std::string& text);
+
+struct LabelledText {
+  std::string text;
+  std::vector<uint8_t> labels;  // one per concept, 0/1
+};
+
+struct ConceptCorpus {
+  std::vector<std::string> concepts;
+  std::vector<LabelledText> items;
+  std::vector<int64_t> positives() const;  // per concept
+};
+
+// Newline-separated texts (TinyStories layout); blank lines skipped; max_texts < 0: all.
+std::vector<std::string> read_texts(const std::string& path, int64_t max_texts = -1);
+ConceptCorpus label_texts(const std::vector<std::string>& texts, const std::vector<ConceptRule>& rules);
+// JSONL: {"text": "...", "labels": {"dog": 1, "cat": 0}} or {"text": "...", "concepts": ["dog"]}.
+// The concept list is the union of the names seen, in first-seen order. At most 64 concepts.
+ConceptCorpus load_concepts_jsonl(const std::string& path, int64_t max_texts = -1);
+void save_concepts_jsonl(const std::string& path, const ConceptCorpus& corpus);
+
+// ---- the flag specification (flags.json next to a flagged checkpoint) ----------------------------
+
+struct FlagSpec {
+  std::vector<std::string> concepts;
+  std::vector<int64_t> dims;      // residual dimension of each concept
+  int64_t layer = 0;              // flags live in blocks.{layer}.hook_resid_post
+  double on_value = 1.0;          // the value a present concept's dimension is trained to
+  double off_value = 0.0;
+  std::string base_model;         // what was fine-tuned (for base-vs-flagged evaluation)
+  std::vector<ConceptRule> rules; // empty when labels came from JSONL
+  int64_t seq_len = 128;
+  std::string hook_name() const;
+  int64_t index_of(const std::string& concept) const;  // throws Error(Arg) naming the known ones
+};
+FlagSpec load_flag_spec(const std::string& dir);  // dir/flags.json
+void save_flag_spec(const std::string& dir, const FlagSpec& spec);
+
+// Forces flag dimensions: values[i] for dims[i], at every position (a Replace on those dims only).
+// Other dimensions pass through untouched, so gradients still flow through them.
+Intervention force_dims(const std::vector<int64_t>& dims, const std::vector<double>& values, int64_t d_model);
+
+// ---- training (src/flags/train.cpp) --------------------------------------------------------------
+struct FlagTrainOptions {
+  int64_t layer = 2;
+  int64_t n_dims = 16;           // k: the first k concepts get a dimension each
+  std::vector<int64_t> dims;     // given dims; empty: chosen by the lowest-variance rule
+  double alpha = 4.0;            // weight of the auxiliary flag loss
+  double on_scale = 4.0;         // on_value = on_scale x the layer's per-dimension residual RMS
+  int64_t steps_write = 200;     // stage 1: learn to write the flags (LM + alpha aux)
+  int64_t steps_rely = 1200;     // stage 2: learn to rely on them (true flags supplied)
+  bool supply_flags = true;      // stage 2 replaces the flag dims with the true labels
+  double supply_rate = 1.0;      // share of stage-2 batches that get the true flags
+  int64_t batch = 16;
+  int64_t seq_len = 128;
+  double lr = 3e-3;
+  double weight_decay = 0.0;
+  double warmup_frac = 0.05;
+  uint64_t seed = 0;
+  std::string out_dir;
+  int64_t checkpoint_every = 200;
+  bool resume = false;
+  int64_t log_every = 100;
+  int64_t stop_after_steps = -1;  // tests: stop after checkpointing at this step
+  std::function<void(const std::string&)> log;
+};
+
+struct FlagTrainResult {
+  FlagSpec spec;
+  int64_t steps = 0;
+  double first_aux = 0, last_aux = 0;  // aux on a fixed batch before and after this run
+  double last_lm = 0;
+  bool finished = true;
+};
+
+// Fine-tunes `model` in place (all weights, AdamW) and, when finished, writes out_dir as an HF
+// llama checkpoint plus flags.json. `base_path` is recorded in flags.json.
+FlagTrainResult train_flags(Model& model, const std::string& base_path, const ConceptCorpus& corpus,
+                            const std::vector<ConceptRule>& rules, const FlagTrainOptions& opt);
+
+// Per-dimension statistics used by the dimension rule; exposed for tests and docs.
+std::vector<int64_t> choose_flag_dims(const Model& model, const std::vector<at::Tensor>& windows, int64_t layer,
+                                      int64_t k, double* rms_out = nullptr);
+// Texts -> [BOS + tokens] windows truncated to seq_len, with the labels of what the window keeps.
+struct TokenWindows {
+  std::vector<at::Tensor> tokens;          // each [T] int64, T <= seq_len
+  std::vector<std::vector<uint8_t>> labels;
+};
+TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
+                          int64_t seq_len);
+
+// ---- steering and evaluation (src/flags/eval.cpp) ------------------------------------------------
+struct SteerOptions {
+  std::map<std::string, double> set;  // concept -> 0/1 (scaled to on/off values)
+  int64_t max_new_tokens = 120;
+  double temperature = 0.8;
+  uint64_t seed = 0;
+  int64_t samples = 1;
+};
+// Generates from `prompt` with the named flags forced at every position and every step.
+std::vector<std::string> steer(const Model& model, const FlagSpec& spec, const std::string& prompt,
+                               const SteerOptions& opt);
+
+struct FlagEvalOptions {
+  int64_t samples = 20;          // seeded generations per concept and condition
+  int64_t max_new_tokens = 120;
+  double temperature = 0.8;
+  uint64_t seed = 0;
+  std::string prompt = "Once upon a time";
+  int64_t max_texts = 600;       // held-out texts used for read-out, loss and reliance
+  std::string probe_corpus;      // texts that train the erosion probes (default: the spec's rules over
+                                 // the first max_texts of this path); empty: half the held-out set
+  std::function<void(const std::string&)> log;
+};
+
+struct ConceptEval {
+  double readout_accuracy = 0, steer_success = 0, base_rate = 0, flag_off_rate = 0, override_success = 0;
+  double probe_accuracy_before = 0, probe_accuracy_after = 0;
+  double reliance = 0;           // LM loss increase on this concept's texts when the flags are ablated
+  int64_t positives = 0;
+};
+
+struct FlagEvalResult {
+  std::vector<std::string> concepts;
+  std::vector<ConceptEval> per_concept;
+  double ppl_base = 0, ppl_flagged = 0;
+  double loss_base = 0, loss_flagged = 0, loss_ablated = 0;  // over concept texts for the last two
+  double reliance_flagged = 0;   // mean loss increase on concept texts, flags mean-ablated
+  double reliance_base = 0;      // the same ablation on the base model (control)
+  std::string to_json() const;   // the contract: {concepts:{name:{...}}, ppl_base, ppl_flagged, ...}
+  std::string table() const;
+};
+
+FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldout, const FlagEvalOptions& opt);
+
+}  // namespace lumen

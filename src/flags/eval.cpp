@@ -1,0 +1,313 @@
+// Steering with flags and the evaluation table (Ye & Cui 2026 sec. "controllability" and the
+// erosion hypothesis): read-out accuracy of each flag, steering success against the base model
+// and the flag turned off, overrides against a prompt's own concept, the LM cost, reliance (loss
+// increase when the flags are mean-ablated) and erosion (a linear probe's accuracy for each
+// concept from the other dimensions, base vs flagged).
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lumen/error.h"
+#include "lumen/files.h"
+#include "lumen/flags.h"
+
+namespace lumen {
+namespace {
+
+std::vector<std::string> decode_rows(const Model& model, const GenerateResult& r) {
+  std::vector<std::string> out;
+  for (const auto& g : r.generated) out.push_back(model.require_tokenizer().decode(g));
+  return out;
+}
+
+// Per-text statistics of one pass over windows: mean-pooled residual at the flag layer and the
+// mean next-token loss, optionally with flag dims replaced by `ablate` values.
+struct PassStats {
+  torch::Tensor pooled;    // [N,D] mean over positions >= 1
+  torch::Tensor last;      // [N,D] at the last position (the whole window seen)
+  torch::Tensor nll;       // [N] mean next-token loss
+  torch::Tensor ntok;      // [N] predicted tokens
+  torch::Tensor dim_mean;  // [D] mean residual over all positions >= 1
+};
+
+PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& spec, const std::vector<double>* ablate) {
+  torch::NoGradGuard ng;
+  const int64_t N = w.tokens.size(), D = model.config().d_model;
+  PassStats s;
+  s.pooled = torch::zeros({N, D});
+  s.last = torch::zeros({N, D});
+  s.nll = torch::zeros({N});
+  s.ntok = torch::zeros({N});
+  auto sum = torch::zeros({D}, torch::kDouble);
+  double count = 0;
+  for (int64_t a = 0; a < N; a += 32) {
+    const int64_t b = std::min(N, a + 32);
+    int64_t T = 0;
+    for (int64_t i = a; i < b; ++i) T = std::max(T, w.tokens[i].size(0));
+    auto tokens = torch::zeros({b - a, T}, torch::kLong);
+    auto valid = torch::zeros({b - a, T}, torch::kFloat);
+    for (int64_t i = a; i < b; ++i) {
+      tokens[i - a].narrow(0, 0, w.tokens[i].size(0)).copy_(w.tokens[i]);
+      valid[i - a].narrow(0, 0, w.tokens[i].size(0)).fill_(1.0);
+    }
+    HookSet hooks;
+    hooks.cache(spec.hook_name());
+    if (ablate) hooks.add(spec.hook_name(), force_dims(spec.dims, *ablate, D));
+    RunOptions ro;
+    ro.hooks = &hooks;
+    auto logits = model.forward(tokens.to(model.device()), ro).to(torch::kCPU, torch::kFloat);
+    auto x = hooks.get(spec.hook_name()).to(torch::kCPU, torch::kFloat);  // [B,T,D] (before intervention)
+    auto pm = valid.clone();
+    pm.select(1, 0).zero_();
+    s.pooled.narrow(0, a, b - a).copy_((x * pm.unsqueeze(2)).sum(1) / pm.sum(1, true).clamp_min(1));
+    for (int64_t i = a; i < b; ++i) s.last[i].copy_(x[i - a][w.tokens[i].size(0) - 1]);
+    sum += (x * pm.unsqueeze(2)).sum(1).sum(0).to(torch::kDouble);
+    count += pm.sum().item<double>();
+    auto lp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
+    auto nll = -lp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);  // [B,T-1]
+    auto vm = valid.narrow(1, 1, T - 1);
+    s.nll.narrow(0, a, b - a).copy_((nll * vm).sum(1) / vm.sum(1).clamp_min(1));
+    s.ntok.narrow(0, a, b - a).copy_(vm.sum(1));
+  }
+  s.dim_mean = (sum / std::max(count, 1.0)).to(torch::kFloat);
+  return s;
+}
+
+double balanced_accuracy(const torch::Tensor& pred, const torch::Tensor& label) {
+  auto p = pred.to(torch::kBool), l = label.to(torch::kBool);
+  const double pos = l.sum().item<double>(), neg = l.numel() - pos;
+  const double tpr = pos > 0 ? (p & l).sum().item<double>() / pos : 1.0;
+  const double tnr = neg > 0 ? ((~p) & (~l)).sum().item<double>() / neg : 1.0;
+  return 0.5 * (tpr + tnr);
+}
+
+// Class-balanced L2 logistic regression, full batch Adam from zeros (deterministic). Returns the
+// balanced accuracy on the test rows.
+double probe_accuracy(const torch::Tensor& xtr, const torch::Tensor& ytr, const torch::Tensor& xte,
+                      const torch::Tensor& yte) {
+  const double pos = ytr.sum().item<double>(), n = ytr.numel();
+  if (pos < 2 || pos > n - 2) return std::nan("");
+  torch::AutoGradMode grad_on(true);  // the caller runs the model without gradients
+  auto mu = xtr.mean(0), sd = xtr.std(0).clamp_min(1e-6);
+  auto a = (xtr - mu) / sd, b = (xte - mu) / sd;
+  auto w = torch::zeros({a.size(1)}, torch::requires_grad());
+  auto bias = torch::zeros({1}, torch::requires_grad());
+  auto cw = ytr * (n / (2 * pos)) + (1 - ytr) * (n / (2 * (n - pos)));
+  torch::optim::Adam opt({w, bias}, torch::optim::AdamOptions(0.05));
+  for (int it = 0; it < 300; ++it) {
+    opt.zero_grad();
+    auto z = a.matmul(w) + bias;
+    auto loss = torch::binary_cross_entropy_with_logits(z, ytr, cw) + 1e-3 * w.pow(2).sum();
+    loss.backward();
+    opt.step();
+  }
+  torch::NoGradGuard ng;
+  return balanced_accuracy(b.matmul(w) + bias > 0, yte);
+}
+
+// Heldout labels in the spec's concept order (JSONL names matched by name; absent ones are 0).
+ConceptCorpus align(const ConceptCorpus& in, const FlagSpec& spec) {
+  ConceptCorpus out;
+  out.concepts = spec.concepts;
+  for (const auto& it : in.items) {
+    LabelledText t{it.text, std::vector<uint8_t>(spec.concepts.size(), 0)};
+    for (size_t c = 0; c < spec.concepts.size(); ++c)
+      for (size_t j = 0; j < in.concepts.size(); ++j)
+        if (in.concepts[j] == spec.concepts[c]) t.labels[c] = it.labels[j];
+    out.items.push_back(std::move(t));
+  }
+  return out;
+}
+
+std::vector<ConceptRule> mention_rules(const FlagSpec& spec) {
+  if (!spec.rules.empty()) return spec.rules;
+  std::vector<ConceptRule> r;
+  for (const auto& c : spec.concepts) r.push_back({c, {c}});  // JSONL-trained: the name itself
+  return r;
+}
+
+GenerateResult gen(const Model& m, const std::vector<std::vector<int32_t>>& prompts, HookSet* hooks, int64_t max_new,
+                   double temp, uint64_t seed) {
+  GenerateOptions go;
+  go.max_new_tokens = max_new;
+  go.temperature = temp;
+  go.seed = seed;
+  go.hooks = hooks;
+  go.hooks_every_step = true;
+  return generate(m, prompts, go);
+}
+
+}  // namespace
+
+std::vector<std::string> steer(const Model& model, const FlagSpec& spec, const std::string& prompt, const SteerOptions& opt) {
+  torch::NoGradGuard ng;
+  const Tokenizer& tok = model.require_tokenizer();
+  std::vector<int64_t> dims;
+  std::vector<double> vals;
+  for (const auto& [name, v] : opt.set) {
+    dims.push_back(spec.dims[spec.index_of(name)]);
+    vals.push_back(spec.off_value + v * (spec.on_value - spec.off_value));
+  }
+  HookSet hooks;
+  if (!dims.empty()) hooks.add(spec.hook_name(), force_dims(dims, vals, model.config().d_model));
+  auto ids = tok.encode(prompt, true);
+  std::vector<std::vector<int32_t>> prompts(std::max<int64_t>(1, opt.samples), ids);
+  auto r = gen(model, prompts, dims.empty() ? nullptr : &hooks, opt.max_new_tokens, opt.temperature, opt.seed);
+  std::vector<std::string> out;
+  for (const auto& g : r.tokens) out.push_back(tok.decode(g));
+  return out;
+}
+
+FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldout_in, const FlagEvalOptions& opt) {
+  auto log = opt.log ? opt.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  torch::NoGradGuard ng;
+  const FlagSpec spec = load_flag_spec(dir);
+  require(!spec.base_model.empty() && (file_exists(spec.base_model) || is_directory(spec.base_model)), ErrorKind::Io,
+          join_path(dir, "flags.json") + ": base_model '" + spec.base_model + "' not found (needed for the comparison)");
+  Model flagged = Model::load(dir), base = Model::load(spec.base_model);
+  const auto rules = mention_rules(spec);
+  const int64_t K = spec.concepts.size(), D = flagged.config().d_model;
+
+  ConceptCorpus held = align(heldout_in, spec);
+  if (opt.max_texts >= 0 && static_cast<int64_t>(held.items.size()) > opt.max_texts) held.items.resize(opt.max_texts);
+  TokenWindows w = make_windows(flagged, held, spec.rules, spec.seq_len);
+  const int64_t N = w.tokens.size();
+  auto labels = torch::zeros({N, K});
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t c = 0; c < K; ++c) labels[i][c] = static_cast<float>(w.labels[i][c]);
+  log("flags eval: " + std::to_string(N) + " held-out windows, " + std::to_string(K) + " concepts");
+
+  PassStats fb = run_pass(base, w, spec, nullptr), ff = run_pass(flagged, w, spec, nullptr);
+  std::vector<double> mean_f, mean_b;
+  for (auto d : spec.dims) {
+    mean_f.push_back(ff.dim_mean[d].item<double>());
+    mean_b.push_back(fb.dim_mean[d].item<double>());
+  }
+  PassStats fa = run_pass(flagged, w, spec, &mean_f), ba = run_pass(base, w, spec, &mean_b);
+
+  FlagEvalResult res;
+  res.concepts = spec.concepts;
+  res.per_concept.assign(K, {});
+  auto ppl = [](const PassStats& s) {
+    return std::exp(((s.nll * s.ntok).sum() / s.ntok.sum()).item<double>());
+  };
+  res.ppl_base = ppl(fb);
+  res.ppl_flagged = ppl(ff);
+  res.loss_base = std::log(res.ppl_base);
+  res.loss_flagged = std::log(res.ppl_flagged);
+  auto any = labels.sum(1) > 0;
+  if (any.sum().item<int64_t>() > 0) {
+    res.loss_ablated = fa.nll.index({any}).mean().item<double>();
+    res.reliance_flagged = (fa.nll - ff.nll).index({any}).mean().item<double>();
+    res.reliance_base = (ba.nll - fb.nll).index({any}).mean().item<double>();
+  }
+
+  // Erosion probes use every dimension except the flags; train on one half, test on the other.
+  auto keep = torch::ones({D}, torch::kBool);
+  for (auto d : spec.dims) keep[d] = false;
+  const int64_t half = N / 2;
+  for (int64_t c = 0; c < K; ++c) {
+    ConceptEval& e = res.per_concept[c];
+    auto y = labels.select(1, c);
+    e.positives = y.sum().item<int64_t>();
+    const double thr = 0.5 * (spec.on_value + spec.off_value);
+    e.readout_accuracy = balanced_accuracy(ff.last.select(1, spec.dims[c]) > thr, y);
+    if (e.positives > 0) e.reliance = (fa.nll - ff.nll).index({y > 0}).mean().item<double>();
+    auto xb = fb.pooled.index({torch::indexing::Slice(), keep}), xf = ff.pooled.index({torch::indexing::Slice(), keep});
+    using torch::indexing::Slice;
+    e.probe_accuracy_before = probe_accuracy(xb.index({Slice(0, half)}), y.index({Slice(0, half)}),
+                                             xb.index({Slice(half, N)}), y.index({Slice(half, N)}));
+    e.probe_accuracy_after = probe_accuracy(xf.index({Slice(0, half)}), y.index({Slice(0, half)}),
+                                            xf.index({Slice(half, N)}), y.index({Slice(half, N)}));
+  }
+
+  // Steering: the same seeds for base, flag on and flag off, so the conditions are paired.
+  const Tokenizer& tok = flagged.require_tokenizer();
+  const std::vector<std::vector<int32_t>> prompts(opt.samples, tok.encode(opt.prompt, true));
+  auto rate = [&](const std::vector<std::string>& texts, int64_t c) {
+    double hit = 0;
+    for (const auto& t : texts) hit += rule_matches(rules[c], t);
+    return texts.empty() ? 0.0 : hit / texts.size();
+  };
+  auto base_texts = decode_rows(base, gen(base, prompts, nullptr, opt.max_new_tokens, opt.temperature, opt.seed));
+  for (int64_t c = 0; c < K; ++c) {
+    ConceptEval& e = res.per_concept[c];
+    e.base_rate = rate(base_texts, c);
+    for (int on = 0; on < 2; ++on) {
+      HookSet hooks;
+      hooks.add(spec.hook_name(), force_dims({spec.dims[c]}, {on ? spec.on_value : spec.off_value}, D));
+      auto texts = decode_rows(flagged, gen(flagged, prompts, &hooks, opt.max_new_tokens, opt.temperature, opt.seed));
+      (on ? e.steer_success : e.flag_off_rate) = rate(texts, c);
+    }
+    // Overrides: held-out openings (first sentence) that name another concept and not this one.
+    std::vector<std::vector<int32_t>> op;
+    for (const auto& it : held.items) {
+      if (static_cast<int64_t>(op.size()) >= opt.samples) break;
+      const auto dot = it.text.find('.');
+      const std::string first = it.text.substr(0, dot == std::string::npos ? it.text.size() : dot + 1);
+      if (rule_matches(rules[c], it.text)) continue;
+      bool other = false;
+      for (int64_t o = 0; o < K && !other; ++o) other = o != c && rule_matches(rules[o], first);
+      if (other) op.push_back(tok.encode(first, true));
+    }
+    if (!op.empty()) {
+      HookSet hooks;
+      hooks.add(spec.hook_name(), force_dims({spec.dims[c]}, {spec.on_value}, D));
+      e.override_success = rate(decode_rows(flagged, gen(flagged, op, &hooks, opt.max_new_tokens, opt.temperature,
+                                                         opt.seed + 1)), c);
+    }
+    log("flags eval: " + spec.concepts[c] + " steer " + std::to_string(e.steer_success) + " base " +
+        std::to_string(e.base_rate) + " off " + std::to_string(e.flag_off_rate));
+  }
+  return res;
+}
+
+std::string FlagEvalResult::to_json() const {
+  nlohmann::json j, cs = nlohmann::json::object();
+  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  for (size_t c = 0; c < concepts.size(); ++c) {
+    const ConceptEval& e = per_concept[c];
+    cs[concepts[c]] = {{"readout_accuracy", num(e.readout_accuracy)}, {"steer_success", num(e.steer_success)},
+                       {"base_rate", num(e.base_rate)}, {"flag_off_rate", num(e.flag_off_rate)},
+                       {"override_success", num(e.override_success)},
+                       {"probe_accuracy_before", num(e.probe_accuracy_before)},
+                       {"probe_accuracy_after", num(e.probe_accuracy_after)}, {"reliance", num(e.reliance)},
+                       {"positives", e.positives}};
+  }
+  j["concepts"] = cs;
+  j["ppl_base"] = ppl_base;
+  j["ppl_flagged"] = ppl_flagged;
+  j["loss_base"] = loss_base;
+  j["loss_flagged"] = loss_flagged;
+  j["loss_ablated"] = loss_ablated;
+  j["reliance_flagged"] = reliance_flagged;
+  j["reliance_base"] = reliance_base;
+  return j.dump(2);
+}
+
+std::string FlagEvalResult::table() const {
+  std::ostringstream o;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%-8s %5s %8s %7s %6s %6s %8s %8s %8s %8s\n", "concept", "pos", "readout", "steer",
+                "base", "off", "override", "probe<", "probe>", "reliance");
+  o << buf;
+  for (size_t c = 0; c < concepts.size(); ++c) {
+    const ConceptEval& e = per_concept[c];
+    std::snprintf(buf, sizeof buf, "%-8s %5lld %8.3f %7.2f %6.2f %6.2f %8.2f %8.3f %8.3f %8.4f\n", concepts[c].c_str(),
+                  static_cast<long long>(e.positives), e.readout_accuracy, e.steer_success, e.base_rate,
+                  e.flag_off_rate, e.override_success, e.probe_accuracy_before, e.probe_accuracy_after, e.reliance);
+    o << buf;
+  }
+  std::snprintf(buf, sizeof buf,
+                "perplexity base %.4f flagged %.4f (%+.2f%%); concept-text loss with flags mean-ablated: +%.4f nats "
+                "(same ablation on the base model: %+.4f)\n",
+                ppl_base, ppl_flagged, 100.0 * (ppl_flagged / ppl_base - 1.0), reliance_flagged,
+                reliance_base);
+  o << buf;
+  return o.str();
+}
+
+}  // namespace lumen

@@ -1,0 +1,345 @@
+// Flag training (Ye & Cui 2026): full fine-tuning with loss = LM cross-entropy + alpha * aux, where
+// aux pulls k chosen residual dimensions at blocks.{L}.hook_resid_post towards each text's concept
+// labels at every position. Two stages: (1) learn to write the flags; (2) learn to rely on them,
+// with the true flags supplied at the fixed dimensions (the paper's "reliably supplied" condition),
+// while aux keeps training the model's own write. AdamW by hand so that its state checkpoints as
+// plain tensors and a resumed run reproduces an uninterrupted one bit for bit.
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sys/stat.h>
+
+#include "lumen/error.h"
+#include "lumen/files.h"
+#include "lumen/flags.h"
+#include "lumen/tensors.h"
+
+namespace lumen {
+
+Intervention force_dims(const std::vector<int64_t>& dims, const std::vector<double>& values, int64_t d_model) {
+  require(dims.size() == values.size(), ErrorKind::Arg, "force_dims: dims and values differ in length");
+  auto keep = torch::ones({d_model}, torch::kFloat), set = torch::zeros({d_model}, torch::kFloat);
+  for (size_t i = 0; i < dims.size(); ++i) {
+    require(dims[i] >= 0 && dims[i] < d_model, ErrorKind::Arg,
+            "force_dims: dimension " + std::to_string(dims[i]) + " is outside d_model " + std::to_string(d_model));
+    keep[dims[i]] = 0.0;
+    set[dims[i]] = values[i];
+  }
+  return Intervention::callback([keep, set](const at::Tensor& x, const HookContext&) -> at::Tensor {
+    return x * keep.to(x.device(), x.scalar_type()) + set.to(x.device(), x.scalar_type());
+  });
+}
+
+TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
+                          int64_t seq_len) {
+  const Tokenizer& tok = model.require_tokenizer();
+  TokenWindows w;
+  for (const auto& it : corpus.items) {
+    auto ids = tok.encode(it.text, true);
+    if (static_cast<int64_t>(ids.size()) > seq_len) ids.resize(seq_len);
+    if (ids.size() < 8) continue;
+    std::vector<uint8_t> labels = it.labels;
+    // Rule labels describe what the window keeps, so a flag means "this text (as seen) needs it".
+    if (!rules.empty()) {
+      const std::string kept = tok.decode(ids);
+      for (size_t c = 0; c < rules.size() && c < labels.size(); ++c) labels[c] = rule_matches(rules[c], kept) ? 1 : 0;
+    }
+    std::vector<int64_t> v(ids.begin(), ids.end());
+    w.tokens.push_back(torch::tensor(v, torch::kLong));
+    w.labels.push_back(std::move(labels));
+  }
+  require(!w.tokens.empty(), ErrorKind::Arg, "flags: no text gave a window of at least 8 tokens");
+  return w;
+}
+
+namespace {
+
+// Right-pads windows into [B,T] tokens and a [B,T] validity mask (causal: padding never leaks back).
+std::pair<torch::Tensor, torch::Tensor> pad_batch(const std::vector<at::Tensor>& ws, const std::vector<int64_t>& idx) {
+  int64_t T = 0;
+  for (auto i : idx) T = std::max(T, ws[i].size(0));
+  auto tokens = torch::zeros({static_cast<int64_t>(idx.size()), T}, torch::kLong);
+  auto valid = torch::zeros({static_cast<int64_t>(idx.size()), T}, torch::kBool);
+  for (size_t b = 0; b < idx.size(); ++b) {
+    const int64_t n = ws[idx[b]].size(0);
+    tokens[b].narrow(0, 0, n).copy_(ws[idx[b]]);
+    valid[b].narrow(0, 0, n).fill_(true);
+  }
+  return {tokens, valid};
+}
+
+uint64_t mix(uint64_t a, uint64_t b) {
+  uint64_t z = a * 0x9E3779B97F4A7C15ull + b + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+std::string fingerprint(const FlagTrainOptions& o, size_t n_windows, size_t n_concepts) {
+  nlohmann::json j;
+  j["layer"] = o.layer;
+  j["n_dims"] = o.n_dims;
+  j["alpha"] = o.alpha;
+  j["steps"] = {o.steps_write, o.steps_rely};
+  j["supply"] = {o.supply_flags, o.supply_rate};
+  j["batch"] = o.batch;
+  j["seq_len"] = o.seq_len;
+  j["lr"] = o.lr;
+  j["wd"] = o.weight_decay;
+  j["seed"] = o.seed;
+  j["windows"] = n_windows;
+  j["concepts"] = n_concepts;
+  return j.dump();
+}
+
+double lr_at(const FlagTrainOptions& o, int64_t step, int64_t total) {
+  const int64_t warm = std::max<int64_t>(1, static_cast<int64_t>(o.warmup_frac * total));
+  if (step < warm) return o.lr * (step + 1) / warm;
+  const double p = static_cast<double>(step - warm) / std::max<int64_t>(1, total - warm);
+  return o.lr * (0.1 + 0.9 * 0.5 * (1.0 + std::cos(M_PI * p)));  // cosine to 10%
+}
+
+}  // namespace
+
+std::vector<int64_t> choose_flag_dims(const Model& model, const std::vector<at::Tensor>& windows, int64_t layer,
+                                      int64_t k, double* rms_out) {
+  torch::NoGradGuard ng;
+  const int64_t D = model.config().d_model;
+  require(k > 0 && k <= D, ErrorKind::Arg, "flags: --dims " + std::to_string(k) + " must be in 1.." + std::to_string(D));
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < std::min<int64_t>(64, windows.size()); ++i) idx.push_back(i);
+  auto [tokens, valid] = pad_batch(windows, idx);
+  RunOptions ro;
+  ro.stop_at_layer = layer + 1;
+  auto x = model.forward(tokens.to(model.device()), ro).to(torch::kCPU, torch::kFloat);  // [B,T,D]
+  // Position 0 (BOS) is identical in every text and often huge; it says nothing about usage.
+  auto m = valid.clone();
+  m.select(1, 0).fill_(false);
+  auto rows = x.index({m});  // [N,D]
+  auto var = rows.var(0);    // [D]
+  if (rms_out) *rms_out = rows.pow(2).mean().sqrt().item<double>();
+  // The rule: the k least-varying dimensions are the least used, so claiming them costs the least.
+  auto order = std::get<1>(var.sort(0, false));
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < k; ++i) dims.push_back(order[i].item<int64_t>());
+  return dims;
+}
+
+FlagTrainResult train_flags(Model& model, const std::string& base_path, const ConceptCorpus& corpus,
+                            const std::vector<ConceptRule>& rules, const FlagTrainOptions& opt) {
+  auto log = opt.log ? opt.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  const ModelConfig& cfg = model.config();
+  require(opt.layer >= 0 && opt.layer < cfg.n_layers, ErrorKind::Arg,
+          "flags: --layer " + std::to_string(opt.layer) + " outside 0.." + std::to_string(cfg.n_layers - 1));
+  require(!opt.out_dir.empty(), ErrorKind::Arg, "flags: --out DIR is required");
+  const int64_t k = std::min<int64_t>(opt.n_dims, corpus.concepts.size());
+  require(k > 0, ErrorKind::Arg, "flags: no concepts to train");
+  require(opt.dims.empty() || static_cast<int64_t>(opt.dims.size()) == k, ErrorKind::Arg,
+          "flags: " + std::to_string(opt.dims.size()) + " dims given for " + std::to_string(k) + " concepts");
+
+  TokenWindows win = make_windows(model, corpus, rules, opt.seq_len);
+  const int64_t N = win.tokens.size(), total = opt.steps_write + opt.steps_rely;
+  const std::string ckpt = join_path(opt.out_dir, "checkpoint.safetensors");
+  ::mkdir(opt.out_dir.c_str(), 0755);
+
+  FlagSpec spec;
+  spec.concepts.assign(corpus.concepts.begin(), corpus.concepts.begin() + k);
+  spec.layer = opt.layer;
+  spec.base_model = base_path;
+  spec.seq_len = opt.seq_len;
+  for (int64_t c = 0; c < k && c < static_cast<int64_t>(rules.size()); ++c) spec.rules.push_back(rules[c]);
+
+  model.set_requires_grad(true);
+  auto named = model.named_parameters();
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> params, m1, m2;
+  for (auto& kv : named) {
+    names.push_back(kv.first);
+    params.push_back(kv.second);
+    m1.push_back(torch::zeros_like(kv.second).detach());
+    m2.push_back(torch::zeros_like(kv.second).detach());
+  }
+  const std::string fp = fingerprint(opt, N, k);
+  int64_t start = 0;
+  if (opt.resume && file_exists(ckpt)) {
+    TensorStore st = TensorStore::open(ckpt);
+    const auto& md = st.metadata();
+    require(md.count("fingerprint") && md.at("fingerprint") == fp, ErrorKind::Arg,
+            ckpt + ": written by a run with other settings; use the same options or a new --out");
+    torch::NoGradGuard ng;
+    for (size_t i = 0; i < params.size(); ++i) {
+      params[i].copy_(st.get("p/" + names[i]));
+      m1[i].copy_(st.get("m/" + names[i]));
+      m2[i].copy_(st.get("v/" + names[i]));
+    }
+    auto sj = nlohmann::json::parse(md.at("spec"));
+    spec.dims = sj["dims"].get<std::vector<int64_t>>();
+    spec.on_value = sj["on_value"].get<double>();
+    start = std::stoll(md.at("step"));
+    log("flags: resumed from " + ckpt + " at step " + std::to_string(start));
+  } else {
+    double rms = 1.0;
+    auto chosen = choose_flag_dims(model, win.tokens, opt.layer, k, &rms);
+    spec.dims = opt.dims.empty() ? chosen : opt.dims;
+    spec.on_value = opt.on_scale * rms;
+  }
+  std::string dims_s;
+  for (size_t i = 0; i < spec.dims.size(); ++i)
+    dims_s += (i ? " " : "") + spec.concepts[i] + "=" + std::to_string(spec.dims[i]);
+  log("flags: " + std::to_string(N) + " windows, layer " + std::to_string(opt.layer) + ", on_value " +
+      std::to_string(spec.on_value) + ", dims " + dims_s);
+
+  // Rare concepts would be learned as "always off": positives are up-weighted by neg/pos (<= 10).
+  std::vector<double> pw(k, 1.0);
+  for (int64_t c = 0; c < k; ++c) {
+    int64_t pos = 0;
+    for (auto& l : win.labels) pos += l[c];
+    pw[c] = pos > 0 ? std::min(10.0, std::max(1.0, static_cast<double>(N - pos) / pos)) : 1.0;
+  }
+  auto pos_weight = torch::tensor(pw, torch::kFloat).to(model.device());
+  auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
+  const int64_t D = cfg.d_model;
+
+  torch::Tensor stash, supply_values;  // set per step; read by the hook
+  bool supply_now = false;
+  HookSet hooks;
+  hooks.add(spec.hook_name(), Intervention::callback([&](const at::Tensor& x, const HookContext&) -> at::Tensor {
+    stash = x;
+    if (!supply_now) return {};
+    // Stage 2: the true flags replace whatever the model wrote, so later layers learn to trust them.
+    return x.index_fill(2, dim_idx, 0.0) + supply_values;
+  }));
+
+  // A fixed batch (the first windows, flags not supplied) measures aux before and after training.
+  auto fixed_aux = [&]() {
+    torch::NoGradGuard ng;
+    std::vector<int64_t> idx;
+    for (int64_t i = 0; i < std::min<int64_t>(32, N); ++i) idx.push_back(i);
+    auto [tokens, valid] = pad_batch(win.tokens, idx);
+    auto lab = torch::zeros({static_cast<int64_t>(idx.size()), k}, torch::kFloat);
+    for (size_t b = 0; b < idx.size(); ++b)
+      for (int64_t c = 0; c < k; ++c) lab[b][c] = static_cast<float>(win.labels[idx[b]][c]);
+    lab = lab.to(model.device());
+    supply_now = false;
+    RunOptions ro;
+    ro.hooks = &hooks;
+    ro.stop_at_layer = opt.layer + 1;
+    model.forward(tokens.to(model.device()), ro);
+    auto xs = stash.to(torch::kFloat).index_select(2, dim_idx);
+    auto am = valid.to(model.device()).to(torch::kFloat);
+    am.select(1, 0).zero_();
+    auto wm = (1.0 + lab * (pos_weight - 1.0)).unsqueeze(1) * am.unsqueeze(2);
+    return ((((xs - (lab * spec.on_value).unsqueeze(1)) / spec.on_value).pow(2) * wm).sum() / wm.sum()).item<double>();
+  };
+
+  FlagTrainResult res;
+  res.spec = spec;
+  res.first_aux = fixed_aux();
+  auto t0 = std::chrono::steady_clock::now();
+  int64_t step = start;
+  for (; step < total; ++step) {
+    std::mt19937_64 rng(mix(opt.seed, step));
+    std::vector<int64_t> idx(opt.batch);
+    for (auto& i : idx) i = static_cast<int64_t>(rng() % N);
+    const bool stage2 = step >= opt.steps_write;
+    supply_now = stage2 && opt.supply_flags && (rng() % 1000000) < opt.supply_rate * 1000000;
+    auto [tokens, valid] = pad_batch(win.tokens, idx);
+    tokens = tokens.to(model.device());
+    valid = valid.to(model.device());
+    auto lab = torch::zeros({opt.batch, k}, torch::kFloat);
+    for (int64_t b = 0; b < opt.batch; ++b)
+      for (int64_t c = 0; c < k; ++c) lab[b][c] = static_cast<float>(win.labels[idx[b]][c]);
+    lab = lab.to(model.device());
+    const double on = spec.on_value;
+    supply_values = torch::zeros({opt.batch, 1, D}, torch::kFloat).to(model.device());
+    supply_values.index_copy_(2, dim_idx, (lab * on).unsqueeze(1));
+
+    RunOptions ro;
+    ro.hooks = &hooks;
+    auto logits = model.forward(tokens, ro).to(torch::kFloat);  // [B,T,V]
+    const int64_t T = tokens.size(1);
+    auto vm = valid.narrow(1, 1, T - 1).to(torch::kFloat);
+    auto nll = torch::nn::functional::cross_entropy(
+        logits.narrow(1, 0, T - 1).reshape({-1, logits.size(2)}), tokens.narrow(1, 1, T - 1).reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    auto lm = (nll * vm.reshape({-1})).sum() / vm.sum();
+    // aux: squared error in units of on_value, at every position after BOS.
+    auto xs = stash.to(torch::kFloat).index_select(2, dim_idx);  // [B,T,k]
+    auto target = (lab * on).unsqueeze(1);                       // [B,1,k]
+    auto w = (1.0 + lab * (pos_weight - 1.0)).unsqueeze(1);      // [B,1,k]
+    auto am = valid.to(torch::kFloat).clone();
+    am.select(1, 0).zero_();
+    auto wm = w * am.unsqueeze(2);
+    auto aux = (((xs - target) / on).pow(2) * wm).sum() / wm.sum();
+    auto loss = lm + opt.alpha * aux;
+    for (auto& p : params) p.mutable_grad() = torch::Tensor();
+    loss.backward();
+
+    {
+      torch::NoGradGuard ng;
+      // Global-norm clipping at 1, then AdamW (decoupled weight decay on matrices only).
+      double sq = 0;
+      for (auto& p : params)
+        if (p.grad().defined()) sq += p.grad().pow(2).sum().item<double>();
+      const double clip = std::min(1.0, 1.0 / (std::sqrt(sq) + 1e-12));
+      const double lr = lr_at(opt, step, total), b1 = 0.9, b2 = 0.999, eps = 1e-8;
+      const double bc1 = 1 - std::pow(b1, step + 1), bc2 = 1 - std::pow(b2, step + 1);
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (!params[i].grad().defined()) continue;
+        auto g = params[i].grad() * clip;
+        m1[i].mul_(b1).add_(g, 1 - b1);
+        m2[i].mul_(b2).addcmul_(g, g, 1 - b2);
+        if (opt.weight_decay > 0 && params[i].dim() >= 2) params[i].mul_(1 - lr * opt.weight_decay);
+        params[i].addcdiv_(m1[i] / bc1, (m2[i] / bc2).sqrt_().add_(eps), -lr);
+      }
+    }
+    const double aux_v = aux.item<double>(), lm_v = lm.item<double>();
+    res.last_lm = lm_v;
+    if (opt.log_every > 0 && ((step + 1) % opt.log_every == 0 || step + 1 == total)) {
+      torch::NoGradGuard ng;
+      auto pred = (xs.detach() > on * 0.5).to(torch::kFloat);
+      auto acc = ((pred == target.detach().expand_as(xs).gt(0).to(torch::kFloat)).to(torch::kFloat) * am.unsqueeze(2))
+                     .sum().item<double>() / (am.sum().item<double>() * k);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "flags: step %lld/%lld stage %d%s lm %.4f aux %.4f flag-acc %.3f (%.1f steps/s)",
+                    static_cast<long long>(step + 1), static_cast<long long>(total), stage2 ? 2 : 1,
+                    supply_now ? " (supplied)" : "", lm_v, aux_v, acc, (step + 1 - start) / std::max(secs, 1e-9));
+      log(buf);
+    }
+    const bool stop_here = opt.stop_after_steps >= 0 && step + 1 >= opt.stop_after_steps;
+    if ((opt.checkpoint_every > 0 && (step + 1) % opt.checkpoint_every == 0) || stop_here || step + 1 == total) {
+      std::vector<std::pair<std::string, at::Tensor>> ts;
+      for (size_t i = 0; i < params.size(); ++i) {
+        ts.emplace_back("p/" + names[i], params[i].detach());
+        ts.emplace_back("m/" + names[i], m1[i]);
+        ts.emplace_back("v/" + names[i], m2[i]);
+      }
+      nlohmann::json sj;
+      sj["dims"] = spec.dims;
+      sj["on_value"] = spec.on_value;
+      save_safetensors(ckpt, ts, {{"step", std::to_string(step + 1)}, {"fingerprint", fp}, {"spec", sj.dump()}});
+    }
+    if (stop_here && step + 1 < total) {
+      res.finished = false;
+      ++step;
+      break;
+    }
+  }
+  res.steps = step;
+  res.spec = spec;
+  res.last_aux = fixed_aux();
+  model.set_requires_grad(false);
+  if (res.finished) {
+    save_hf_checkpoint(model, opt.out_dir);
+    save_flag_spec(opt.out_dir, spec);
+    log("flags: wrote " + opt.out_dir + " (model.safetensors, config.json, flags.json)");
+  }
+  return res;
+}
+
+}  // namespace lumen

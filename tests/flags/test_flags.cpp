@@ -1,0 +1,156 @@
+// Flags: rules label known sentences, HF export round trip, a few training steps lower the aux
+// loss and resume bit-identically, steering forces the dims, eval JSON carries the contract keys.
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "lumen/files.h"
+#include "lumen/flags.h"
+
+namespace {
+
+const char* kModel = "models/stories260K/stories260K.bin";
+
+std::vector<std::string> some_stories(int64_t n) {
+  return lumen::read_texts(lumen_test::shared_path("data/tinystories/train.txt"), n);
+}
+
+TEST(FlagsRules, LabelKnownSentences) {
+  auto rules = lumen::default_tinystories_rules();
+  auto c = lumen::label_texts({"The puppy ran to the park. It was sunny!", "Tom was SAD because his Kitten left.",
+                               "Catherine ate a cake."},
+                              rules);
+  auto has = [&](size_t i, const std::string& n) {
+    for (size_t k = 0; k < c.concepts.size(); ++k)
+      if (c.concepts[k] == n) return c.items[i].labels[k] == 1;
+    ADD_FAILURE() << "no concept " << n;
+    return false;
+  };
+  EXPECT_TRUE(has(0, "dog"));
+  EXPECT_TRUE(has(0, "park"));
+  EXPECT_TRUE(has(0, "sun"));
+  EXPECT_FALSE(has(0, "cat"));
+  EXPECT_TRUE(has(1, "sad"));
+  EXPECT_TRUE(has(1, "cat"));
+  EXPECT_FALSE(has(2, "cat"));  // whole words only: "Catherine" is not a cat
+}
+
+TEST(FlagsRules, RulesFileAndJsonlRoundTrip) {
+  const std::string dir = lumen_test::temp_dir("flags_rules");
+  const std::string rp = dir + "/rules.txt";
+  lumen::write_file_atomic(rp, [](std::ostream& o) { o << "# test\nfrog: frog frogs\nmoon: moon\n"; });
+  auto rules = lumen::load_rules(rp);
+  ASSERT_EQ(rules.size(), 2u);
+  auto c = lumen::label_texts({"Two frogs sang.", "The moon is up."}, rules);
+  lumen::save_concepts_jsonl(dir + "/c.jsonl", c);
+  auto back = lumen::load_concepts_jsonl(dir + "/c.jsonl");
+  ASSERT_EQ(back.concepts, c.concepts);
+  ASSERT_EQ(back.items.size(), 2u);
+  EXPECT_EQ(back.items[0].labels, (std::vector<uint8_t>{1, 0}));
+  EXPECT_EQ(back.items[1].labels, (std::vector<uint8_t>{0, 1}));
+}
+
+TEST(FlagsExport, Stories260KRoundTripSameLogits) {
+  LUMEN_REQUIRE_SHARED(kModel);
+  torch::NoGradGuard ng;
+  auto a = lumen::Model::load(lumen_test::shared_path(kModel));
+  const std::string dir = lumen_test::temp_dir("flags_export");
+  lumen::save_hf_checkpoint(a, dir);
+  auto b = lumen::Model::load(dir);
+  EXPECT_EQ(b.config().family, "llama");
+  ASSERT_NE(b.tokenizer(), nullptr);
+  auto ids = a.require_tokenizer().encode("Once upon a time, there was a little dog.", true);
+  EXPECT_EQ(ids, b.require_tokenizer().encode("Once upon a time, there was a little dog.", true));
+  auto t = lumen::tokens_tensor(ids);
+  auto la = a.forward(t), lb = b.forward(t);
+  EXPECT_LT((la - lb).abs().max().item<double>(), 1e-4);
+}
+
+lumen::FlagTrainOptions tiny_opts(const std::string& out) {
+  lumen::FlagTrainOptions o;
+  o.layer = 2;
+  o.n_dims = 4;
+  o.steps_write = 6;
+  o.steps_rely = 4;
+  o.batch = 4;
+  o.seq_len = 48;
+  o.lr = 2e-3;
+  o.out_dir = out;
+  o.checkpoint_every = 0;
+  o.log_every = 0;
+  o.seed = 3;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
+TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
+  LUMEN_REQUIRE_SHARED(kModel);
+  const std::string path = lumen_test::shared_path(kModel);
+  auto rules = lumen::default_tinystories_rules();
+  auto corpus = lumen::label_texts(some_stories(200), rules);
+
+  const std::string d1 = lumen_test::temp_dir("flags_full");
+  auto m1 = lumen::Model::load(path);
+  auto r1 = lumen::train_flags(m1, path, corpus, rules, tiny_opts(d1));
+  EXPECT_TRUE(r1.finished);
+  EXPECT_LT(r1.last_aux, r1.first_aux);
+
+  const std::string d2 = lumen_test::temp_dir("flags_resume");
+  auto o2 = tiny_opts(d2);
+  o2.stop_after_steps = 7;  // inside stage 2
+  auto m2 = lumen::Model::load(path);
+  auto r2a = lumen::train_flags(m2, path, corpus, rules, o2);
+  EXPECT_FALSE(r2a.finished);
+  o2.stop_after_steps = -1;
+  o2.resume = true;
+  auto m3 = lumen::Model::load(path);  // a fresh process: starts from the base weights
+  auto r2b = lumen::train_flags(m3, path, corpus, rules, o2);
+  EXPECT_TRUE(r2b.finished);
+  EXPECT_EQ(r2b.spec.dims, r1.spec.dims);
+  auto p1 = m1.named_parameters(), p3 = m3.named_parameters();
+  for (auto& kv : p1) EXPECT_TRUE(torch::equal(kv.second, p3.at(kv.first))) << kv.first;
+
+  // The result is an ordinary checkpoint with flags.json; steering forces the dims.
+  auto spec = lumen::load_flag_spec(d1);
+  EXPECT_EQ(spec.dims.size(), 4u);
+  auto fm = lumen::Model::load(d1);
+  {
+    torch::NoGradGuard ng;
+    lumen::HookSet hs;
+    hs.add(spec.hook_name(), lumen::force_dims({spec.dims[0], spec.dims[1]}, {spec.on_value, 0.0}, 64));
+    hs.cache("blocks.3.hook_resid_pre");
+    lumen::RunOptions ro;
+    ro.hooks = &hs;
+    fm.forward(lumen::tokens_tensor(fm.require_tokenizer().encode("Once upon a time", true)), ro);
+    auto x = hs.get("blocks.3.hook_resid_pre");  // == resid_post of layer 2, after the intervention
+    EXPECT_TRUE(torch::allclose(x.select(2, spec.dims[0]), torch::full_like(x.select(2, 0), spec.on_value)));
+    EXPECT_TRUE(torch::allclose(x.select(2, spec.dims[1]), torch::zeros_like(x.select(2, 0))));
+  }
+  lumen::SteerOptions so;
+  so.set = {{spec.concepts[0], 1.0}};
+  so.max_new_tokens = 8;
+  auto texts = lumen::steer(fm, spec, "Once upon a time", so);
+  ASSERT_EQ(texts.size(), 1u);
+  EXPECT_FALSE(texts[0].empty());
+
+  // Eval JSON contract (tiny settings).
+  lumen::FlagEvalOptions eo;
+  eo.samples = 2;
+  eo.max_new_tokens = 8;
+  eo.max_texts = 40;
+  eo.log = [](const std::string&) {};
+  auto held = lumen::label_texts(lumen::read_texts(lumen_test::shared_path("data/tinystories/heldout.txt"), 40), rules);
+  auto ev = lumen::evaluate_flags(d1, held, eo);
+  auto j = nlohmann::json::parse(ev.to_json());
+  ASSERT_TRUE(j.contains("ppl_base") && j.contains("ppl_flagged") && j.contains("concepts"));
+  EXPECT_GT(j["ppl_base"].get<double>(), 1.0);
+  for (const auto& c : spec.concepts) {
+    ASSERT_TRUE(j["concepts"].contains(c)) << c;
+    for (const char* key : {"readout_accuracy", "steer_success", "base_rate", "flag_off_rate", "override_success",
+                            "probe_accuracy_before", "probe_accuracy_after"})
+      EXPECT_TRUE(j["concepts"][c].contains(key)) << c << "." << key;
+  }
+}
+
+}  // namespace
