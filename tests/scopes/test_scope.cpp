@@ -89,8 +89,9 @@ TEST(Scope, ScoringRules) {
 
 TEST(Scope, CliJsonContracts) {
   LUMEN_REQUIRE_SHARED("models/stories260K");
-  const char* cli = std::getenv("LUMEN_CLI");
-  if (!cli) GTEST_SKIP() << "LUMEN_CLI not set";
+  const char* env = std::getenv("LUMEN_CLI");
+  const std::string cli_path = env ? env : std::string(LUMEN_BINARY_DIR) + "/lumen";
+  const char* cli = cli_path.c_str();
   const std::string dir = lumen_test::temp_dir("scope");
   const std::string model = shared_path("models/stories260K/stories260K.bin");
   std::string cmd = std::string(cli) + " scope '" + model +
