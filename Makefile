@@ -27,7 +27,8 @@ demo: build
 	$(BUILD)/lumen demo $(LUMEN_MODEL) --corpus $(LUMEN_SHARED)/data/tinystories/train.txt \
 	  --heldout $(LUMEN_SHARED)/data/tinystories/heldout.txt --work-dir $(BUILD)/demo
 
-bench: build
+bench: configure
+	cmake --build $(BUILD) -j $(JOBS) --target bench_engine lumen_cli
 	bench/run.sh $(BUILD)
 
 fuzz:

@@ -1,0 +1,600 @@
+#!/usr/bin/python3
+"""PyTorch eager baseline for lumen's engine benchmark, and the report that merges both sides.
+
+    baseline_engine.py run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]
+        [--new-tokens N] [--prefill-shapes 1x128,8x128,64x16] [--only a,b] [--threads N]
+    baseline_engine.py report --results DIR --out FILE.md
+
+`run` needs torch (Debian's is /usr/bin/python3's). It does what bench_engine does, in plain eager
+PyTorch: a ~100-line llama forward (RMSNorm, rotate_half RoPE, GQA attention, SwiGLU, tied or untied
+head, a preallocated KV cache) over the same safetensors file, the same token ids and the same
+workload sizes, and writes the same JSON layout. `report` needs only the standard library.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import struct
+import sys
+import time
+
+# The workload sizes; bench_engine.cpp uses the same ones.
+PREFILL = [(1, 128), (8, 128), (64, 16)]
+TRAIN = (8, 128)
+PROMPT_LEN, NEW_TOKENS, WARMUP_NEW_TOKENS = 16, 128, 8
+WINDOW = 32  # steady decode rate: from the first generated token's arrival to the (WINDOW+1)-th's
+ALL_SECTIONS = "load,roofline,prefill,decode,fwd_bwd,check"
+
+
+def token_at(b, t, vocab):
+    return 1 + (b * 7919 + t * 104729 + 12345) % (vocab - 1)
+
+
+# ---- the eager model -----------------------------------------------------------------------------
+
+def load_safetensors(path):
+    """name -> tensor, viewing a copy-on-write mapping of the file (no copy, as lumen does)."""
+    import numpy as np
+    import torch
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    raw = np.memmap(path, dtype=np.uint8, mode="c")
+    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = e["data_offsets"]
+        arr = raw[8 + n + lo:8 + n + hi].view(dtypes[e["dtype"]]).reshape(e["shape"])
+        out[name] = torch.from_numpy(arr)
+    return out
+
+
+class KVCache:
+    def __init__(self, n_layers, batch, n_kv, capacity, d_head):
+        import torch
+        self.k = [torch.zeros(batch, n_kv, capacity, d_head) for _ in range(n_layers)]
+        self.v = [torch.zeros(batch, n_kv, capacity, d_head) for _ in range(n_layers)]
+        self.length = 0
+
+
+class Llama:
+    """HF LlamaForCausalLM's math, written out. Shapes: B batch, T new positions, Tk keys."""
+
+    def __init__(self, folder):
+        import torch
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+        self.D = cfg["hidden_size"]
+        self.L = cfg["num_hidden_layers"]
+        self.H = cfg["num_attention_heads"]
+        self.K = cfg.get("num_key_value_heads", self.H)
+        self.E = cfg.get("head_dim", self.D // self.H)
+        self.V = cfg["vocab_size"]
+        self.ctx = cfg.get("max_position_embeddings", 2048)
+        self.eps = cfg.get("rms_norm_eps", 1e-6)
+        w = load_safetensors(os.path.join(folder, "model.safetensors"))
+        self.embed = w["model.embed_tokens.weight"]  # [V,D]
+        self.head = w.get("lm_head.weight", self.embed)  # tied unless the file has its own
+        self.norm = w["model.norm.weight"]
+        self.layers = []
+        for l in range(self.L):
+            p = f"model.layers.{l}."
+            self.layers.append({k: w[p + n] for k, n in [
+                ("ln1", "input_layernorm.weight"), ("wq", "self_attn.q_proj.weight"),
+                ("wk", "self_attn.k_proj.weight"), ("wv", "self_attn.v_proj.weight"),
+                ("wo", "self_attn.o_proj.weight"), ("ln2", "post_attention_layernorm.weight"),
+                ("wg", "mlp.gate_proj.weight"), ("wu", "mlp.up_proj.weight"), ("wd", "mlp.down_proj.weight")]})
+        theta = cfg.get("rope_theta", 10000.0)
+        inv = 1.0 / theta ** (torch.arange(0, self.E, 2, dtype=torch.float64) / self.E)
+        ang = torch.outer(torch.arange(self.ctx, dtype=torch.float64), inv)
+        ang = torch.cat([ang, ang], -1)  # [ctx,E], HF's layout for rotate_half
+        self.cos, self.sin = ang.cos().float(), ang.sin().float()
+        self.n_params = sum(t.numel() for t in w.values())
+
+    def rms_norm(self, x, w):
+        import torch
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    @staticmethod
+    def rotate_half(x):
+        import torch
+        h = x.shape[-1] // 2
+        return torch.cat([-x[..., h:], x[..., :h]], -1)
+
+    def new_cache(self, batch, capacity):
+        return KVCache(self.L, batch, self.K, capacity, self.E)
+
+    def forward(self, tokens=None, embeds=None, cache=None):
+        import torch
+        import torch.nn.functional as F
+        x = F.embedding(tokens, self.embed) if embeds is None else embeds  # [B,T,D]
+        B, T, _ = x.shape
+        H, K, E = self.H, self.K, self.E
+        p0 = cache.length if cache is not None else 0
+        Tk = p0 + T
+        cos, sin = self.cos[p0:Tk], self.sin[p0:Tk]  # [T,E]
+        mask = torch.ones(T, Tk, dtype=torch.bool).tril(p0) if T > 1 else None  # [T,Tk]
+        for l, w in enumerate(self.layers):
+            h = self.rms_norm(x, w["ln1"])
+            q = F.linear(h, w["wq"]).view(B, T, H, E).transpose(1, 2)  # [B,H,T,E]
+            k = F.linear(h, w["wk"]).view(B, T, K, E).transpose(1, 2)  # [B,K,T,E]
+            v = F.linear(h, w["wv"]).view(B, T, K, E).transpose(1, 2)
+            q = q * cos + self.rotate_half(q) * sin
+            k = k * cos + self.rotate_half(k) * sin
+            if cache is not None:
+                cache.k[l][:, :, p0:Tk] = k
+                cache.v[l][:, :, p0:Tk] = v
+                k, v = cache.k[l][:, :, :Tk], cache.v[l][:, :, :Tk]
+            if H != K:  # HF's repeat_kv
+                k = k.repeat_interleave(H // K, dim=1)
+                v = v.repeat_interleave(H // K, dim=1)
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(E)  # [B,H,T,Tk]
+            if mask is not None:
+                s = s.masked_fill(~mask, float("-inf"))
+            z = s.softmax(-1) @ v  # [B,H,T,E]
+            x = x + F.linear(z.transpose(1, 2).reshape(B, T, H * E), w["wo"])
+            h = self.rms_norm(x, w["ln2"])
+            x = x + F.linear(F.silu(F.linear(h, w["wg"])) * F.linear(h, w["wu"]), w["wd"])
+        if cache is not None:
+            cache.length = Tk
+        return F.linear(self.rms_norm(x, self.norm), self.head)  # [B,T,V]
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+
+def time_reps(warmup, reps, fn):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def timing(times):
+    return {"times": times, "median": statistics.median(times)}
+
+
+def bench_tokens(B, T, vocab):
+    import torch
+    return torch.tensor([[token_at(b, t, vocab) for t in range(T)] for b in range(B)], dtype=torch.long)
+
+
+def evict_from_page_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def bench_load(folder, reps):
+    import torch
+    evict_from_page_cache(os.path.join(folder, "model.safetensors"))
+    t0 = time.perf_counter()
+    m = Llama(folder)
+    out = {"cold_ms": 1e3 * (time.perf_counter() - t0)}
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        m.forward(bench_tokens(1, 1, m.V))
+        out["first_forward_cold_ms"] = 1e3 * (time.perf_counter() - t0)
+    del m
+    warm = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        Llama(folder)
+        warm.append(1e3 * (time.perf_counter() - t0))
+    out["warm_ms"] = warm
+    out["warm_median_ms"] = statistics.median(warm)
+    return out
+
+
+def roofline(m, reps):
+    import torch
+    import torch.nn.functional as F
+    M, D, Fm = 1024, m.D, m.layers[0]["wg"].shape[0]
+    shapes, best = {}, 0.0
+
+    def run(name, k, n, weight_layout):
+        nonlocal best
+        x = torch.randn(M, k)
+        w = torch.randn(n, k) if weight_layout else torch.randn(k, n)
+        f = (lambda: F.linear(x, w)) if weight_layout else (lambda: torch.mm(x, w))
+        g = 2.0 * M * k * n / min(time_reps(2, reps, f)) / 1e9
+        shapes[name] = g
+        best = max(best, g)
+
+    with torch.no_grad():
+        run(f"mm {M}x{D}x{Fm}", D, Fm, False)
+        run(f"linear {M}x{D}->{Fm}", D, Fm, True)
+        run(f"linear {M}x{Fm}->{D}", Fm, D, True)
+        run(f"linear {M}x{D}->{D}", D, D, True)
+    return {"gflops": best, "shapes": shapes}
+
+
+def bench_prefill(m, batches, reps):
+    import torch
+    out = {}
+    with torch.no_grad():
+        for B, T in batches:
+            tok = bench_tokens(B, T, m.V)
+            out[f"{B}x{T}"] = timing(time_reps(1, reps, lambda: m.forward(tok)))
+    return out
+
+
+def generate(m, prompt, n_new):
+    """Greedy decoding with the KV cache, timed like lumen::generate: decode = after the prompt pass."""
+    import torch
+    with torch.no_grad():
+        cache = m.new_cache(1, len(prompt) + n_new)
+        last = m.forward(torch.tensor([prompt]), cache=cache)[:, -1]  # [1,V]
+        t1 = time.perf_counter()
+        out, arrivals = [], []
+        for step in range(n_new):
+            tok = int(last[0].argmax())
+            out.append(tok)
+            arrivals.append(time.perf_counter())
+            if step + 1 == n_new:
+                break
+            last = m.forward(torch.tensor([[tok]]), cache=cache)[:, -1]
+        return out, time.perf_counter() - t1, arrivals
+
+
+def bench_decode(m, new_tokens, reps):
+    prompt = [token_at(0, t, m.V) for t in range(PROMPT_LEN)]
+    generate(m, prompt, WARMUP_NEW_TOKENS)  # warm-up
+    decode, e2e, window = [], [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        tokens, d, arrivals = generate(m, prompt, new_tokens)
+        e2e.append(time.perf_counter() - t0)
+        decode.append(d)
+        if len(arrivals) > WINDOW:
+            window.append(arrivals[WINDOW] - arrivals[0])
+    out = {"prompt": PROMPT_LEN, "new_tokens": len(tokens), "times": decode,
+           "median": statistics.median(decode), "e2e_median": statistics.median(e2e), "tokens": tokens}
+    if window:
+        out["window"] = {"tokens": WINDOW, "times": window, "median": statistics.median(window)}
+    return out
+
+
+def bench_fwd_bwd(m, reps):
+    import torch
+    import torch.nn.functional as F
+    B, T = TRAIN
+    emb0 = F.embedding(bench_tokens(B, T, m.V), m.embed).contiguous()
+    norm = [0.0]
+
+    def step():
+        emb = emb0.detach().requires_grad_(True)
+        loss = m.forward(embeds=emb).logsumexp(-1).mean()
+        (g,) = torch.autograd.grad(loss, emb)
+        norm[0] = float(g.norm())
+
+    out = timing(time_reps(1, reps, step))
+    out["grad_norm"] = norm[0]
+    return {f"{B}x{T}": out}
+
+
+def check_values(m):
+    import torch
+    with torch.no_grad():
+        logits = m.forward(bench_tokens(1, 128, m.V))[0, 127]
+    return {"logits_last_sum": float(logits.sum()), "logits_last_absmax": float(logits.abs().max()),
+            "argmax_last": int(logits.argmax())}
+
+
+def run(args):
+    import torch
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
+    batches = [tuple(int(v) for v in b.split("x")) for b in args.prefill_shapes.split(",")]
+    out = {"impl": "eager", "shape": args.shape or os.path.basename(os.path.normpath(args.model)),
+           "model": args.model, "omp_wait_policy": (os.environ.get("OMP_WAIT_POLICY") or "default").lower(),
+           "intra_op_threads": torch.get_num_threads(), "threads_requested": args.threads, "torch": torch.__version__,
+           "reps": args.reps, "decode_reps": args.decode_reps}
+    if "load" in only:
+        out["load"] = bench_load(args.model, args.reps)
+    m = Llama(args.model)
+    out["config"] = {"d_model": m.D, "n_layers": m.L, "n_heads": m.H, "n_kv_heads": m.K, "d_head": m.E,
+                     "d_mlp": m.layers[0]["wg"].shape[0], "d_vocab": m.V, "n_ctx": m.ctx, "n_params": m.n_params}
+    sections = [("roofline", lambda: roofline(m, max(args.reps, 3))),
+                ("prefill", lambda: bench_prefill(m, batches, args.reps)),
+                ("decode", lambda: bench_decode(m, args.new_tokens, args.decode_reps)),
+                ("fwd_bwd", lambda: bench_fwd_bwd(m, args.reps)),
+                ("check", lambda: check_values(m))]
+    for name, fn in sections:
+        if name in only:
+            print(f"  eager {out['shape']} {name}...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            out[name] = fn()
+            print(f"    {time.perf_counter() - t0:.3g} s", file=sys.stderr, flush=True)
+    if "roofline" in only:  # again after the workloads: the best of both moments, as bench_engine does
+        again = roofline(m, max(args.reps, 3))
+        for name, g in again["shapes"].items():
+            out["roofline"]["shapes"][name] = max(out["roofline"]["shapes"][name], g)
+        out["roofline"]["gflops"] = max(out["roofline"]["gflops"], again["gflops"])
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+# ---- the report -----------------------------------------------------------------------------------
+
+def fwd_flops(c, B, T):
+    """Forward FLOPs of B x T tokens: every matmul, attention over the full T x T score matrix (what
+    both implementations compute before masking), and the unembedding."""
+    D, L, H, K, E, Fm, V = (c[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab"))
+    per_token = L * (2 * D * (H * E + 2 * K * E) + 2 * H * E * D + 2 * 3 * D * Fm + 2 * 2 * H * E * T) + 2 * D * V
+    return B * T * per_token
+
+
+def fwd_bwd_flops(c, B, T):
+    """Backward to the activations only (the weights need no grad): one product per forward linear,
+    two per attention product."""
+    attn = B * T * c["n_layers"] * 2 * 2 * c["n_heads"] * c["d_head"] * T
+    f = fwd_flops(c, B, T)
+    return f + (f - attn) + 2 * attn
+
+
+class Results:
+    """Every run's JSON, keyed by (impl, shape, OpenMP wait policy, requested threads (0 = torch's
+    default), group). run.sh names files IMPL-SHAPE-POLICY-tTHREADS-UNIT.json; unit "omp" files form
+    the "omp" group (the wait-policy pairs), the rest the "main" group. run.sh splits a configuration
+    over several processes (one per workload, alternating lumen and eager); their sections are
+    merged here. A process that measured a roofline lends it
+    to the timings it took, so "% roofline" compares numbers taken moments apart."""
+
+    def __init__(self, folder):
+        self.runs = {}
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".json"):
+                continue
+            with open(os.path.join(folder, name)) as f:
+                part = json.load(f)
+            group = "omp" if name.endswith("-omp.json") else "main"
+            key = (part["impl"], part["shape"], part["omp_wait_policy"], part.get("threads_requested", 0), group)
+            r = self.runs.setdefault(key, {})
+            roof = part.get("roofline", {}).get("gflops")
+            if roof:
+                r.setdefault("rooflines", []).append(roof)
+            for k, v in part.items():
+                if k in ("prefill", "fwd_bwd"):
+                    for batch, t in v.items():
+                        t["roofline"] = roof
+                        r.setdefault(k, {})[batch] = t
+                elif k != "roofline":
+                    r[k] = v
+            if r.get("rooflines"):
+                r["roofline"] = {"gflops": statistics.median(r["rooflines"])}
+
+    def get(self, key, *path):
+        r = self.runs.get(key)
+        for p in path:
+            if not isinstance(r, dict) or p not in r:
+                return None
+            r = r[p]
+        return r
+
+    def tok_s(self, key, section, batch, best=False):
+        t = self.get(key, section, batch, "median")
+        if best:
+            times = self.get(key, section, batch, "times")
+            t = min(times) if times else None
+        b, n = map(int, batch.split("x"))
+        return b * n / t if t else None
+
+    def decode_tok_s(self, key, window=False, best=False):
+        d = self.get(key, "decode")
+        if not d:
+            return None
+        if window:
+            d = d.get("window")
+            if not d:
+                return None
+        t = min(d["times"]) if best else d["median"]
+        return d["tokens" if window else "new_tokens"] / t
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "—"
+    return (f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}") + unit
+
+
+def report(args):
+    res = Results(args.results)
+    order = {"15M": 0, "42M": 1, "110M": 2}
+    shapes = sorted({k[1] for k in res.runs}, key=lambda s: (order.get(s, 9), s))
+    meta = {}
+    if args.meta and os.path.exists(args.meta):
+        with open(args.meta) as f:
+            meta = json.load(f)
+    lines, misses = [], []
+    w = lines.append
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    def status(ok, label):
+        if ok is None:
+            return "—"
+        if not ok:
+            misses.append(label)
+        return "PASS" if ok else "**MISS**"
+
+    def pct(p):
+        return f"{p:.0f}%" if p is not None else "—"
+
+    def times(r):
+        return f"{r:.2f}×" if r else "—"
+
+    w("# lumen engine benchmark")
+    w("")
+    if meta:
+        w(" · ".join(f"{k}: {v}" for k, v in meta.items()))
+        w("")
+    w("## lumen vs PyTorch eager (both OMP_WAIT_POLICY=PASSIVE, torch's default thread count)")
+    w("")
+    w("Throughput in tokens/s, medians of the repetitions; ratio = lumen / eager (>1: lumen faster), and the "
+      "same ratio from each side's fastest repetition (a wide gap between the two means a noisy machine). "
+      "% roofline = model GFLOP/s over the best fp32 GEMM GFLOP/s measured in the same process. "
+      "Status judges the median ratio.")
+    w("")
+    w("| shape | workload | lumen | eager | lumen/eager | (best reps) | lumen % roofline | eager % roofline | target | status |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for s in shapes:
+        L, E = ("lumen", s, "passive", 0, "main"), ("eager", s, "passive", 0, "main")
+        c = res.get(L, "config") or res.get(E, "config")
+        if c is None:
+            continue
+        roof_l, roof_e = res.get(L, "roofline", "gflops"), res.get(E, "roofline", "gflops")
+
+        def roof_pct(key, roof, flops, section, batch):
+            t = res.get(key, section, batch, "median")
+            roof = res.get(key, section, batch, "roofline") or roof  # the same process's, when it has one
+            return 100.0 * flops / t / 1e9 / roof if t and roof else None
+
+        w(f"| {s} | GEMM roofline: best of the model's shapes, median over processes (GFLOP/s) "
+          f"| {fmt(roof_l)} | {fmt(roof_e)} | | | | | | |")
+        for B, T in PREFILL:
+            key = f"{B}x{T}"
+            lt, et = res.tok_s(L, "prefill", key), res.tok_s(E, "prefill", key)
+            r = ratio(lt, et)
+            rb = ratio(res.tok_s(L, "prefill", key, best=True), res.tok_s(E, "prefill", key, best=True))
+            pl = roof_pct(L, roof_l, fwd_flops(c, B, T), "prefill", key)
+            pe = roof_pct(E, roof_e, fwd_flops(c, B, T), "prefill", key)
+            target, st = "—", "—"
+            if key != "1x128":
+                target, ok = "≥1.0×", None if r is None else r >= 1.0
+                if key == "8x128" and s == "110M":
+                    target += ", ≥60% roofline"
+                    if ok is not None and pl is not None and pl < 60.0:
+                        misses.append(f"{s} prefill {key} roofline")
+                        st = "**MISS**" + (" (roofline)" if ok else " (ratio, roofline)")
+                        if not ok:
+                            misses.append(f"{s} prefill {key}")
+                    else:
+                        st = status(ok, f"{s} prefill {key}")
+                else:
+                    st = status(ok, f"{s} prefill {key}")
+            w(f"| {s} | prefill {B}×{T} (tok/s) | {fmt(lt)} | {fmt(et)} | {times(r)} | {times(rb)} | {pct(pl)} | {pct(pe)} "
+              f"| {target} | {st} |")
+        ld, ed = res.decode_tok_s(L), res.decode_tok_s(E)
+        r = ratio(ld, ed)
+        rb = ratio(res.decode_tok_s(L, best=True), res.decode_tok_s(E, best=True))
+        w(f"| {s} | decode {PROMPT_LEN}+{NEW_TOKENS}, batch 1, greedy, KV cache (tok/s) | {fmt(ld)} | {fmt(ed)} | {times(r)} "
+          f"| {times(rb)} | | | ≥2× | {status(None if r is None else r >= 2.0, f'{s} decode')} |")
+        key = f"{TRAIN[0]}x{TRAIN[1]}"
+        lt, et = res.tok_s(L, "fwd_bwd", key), res.tok_s(E, "fwd_bwd", key)
+        r = ratio(lt, et)
+        rb = ratio(res.tok_s(L, "fwd_bwd", key, best=True), res.tok_s(E, "fwd_bwd", key, best=True))
+        pl = roof_pct(L, roof_l, fwd_bwd_flops(c, *TRAIN), "fwd_bwd", key)
+        pe = roof_pct(E, roof_e, fwd_bwd_flops(c, *TRAIN), "fwd_bwd", key)
+        w(f"| {s} | fwd+bwd to input_embeds {TRAIN[0]}×{TRAIN[1]} (tok/s) | {fmt(lt)} | {fmt(et)} | {times(r)} "
+          f"| {times(rb)} | {pct(pl)} | {pct(pe)} | ≥1.0× | {status(None if r is None else r >= 1.0, f'{s} fwd+bwd')} |")
+        ov = res.get(L, "hooks", key, "overhead_median")
+        n = res.get(L, "hooks", key, "n_cached")
+        w(f"| {s} | caching hook_embed + every hook_resid_post ({n} tensors) vs no hooks, {TRAIN[0]}×{TRAIN[1]} "
+          f"| {'—' if ov is None else f'{100 * ov:+.1f}%'} | | | | | | ≤5% "
+          f"| {status(None if ov is None else ov <= 0.05, f'{s} hook caching')} |")
+        lc, lw = res.get(L, "load", "cold_ms"), res.get(L, "load", "warm_median_ms")
+        ec, ew = res.get(E, "load", "cold_ms"), res.get(E, "load", "warm_median_ms")
+        if lc is not None:
+            big = s == "110M"
+            st = status(lc <= 100 and lw <= 100, f"{s} load") if big else "—"
+            w(f"| {s} | load, cold / warm (ms) | {lc:.1f} / {lw:.1f} | {fmt(ec)} / {fmt(ew)} | | | | "
+              f"| {'≤100 ms' if big else '—'} | {st} |")
+            lf, ef = res.get(L, "load", "first_forward_cold_ms"), res.get(E, "load", "first_forward_cold_ms")
+            w(f"| {s} | first 1-token forward after the cold load: weights paged in (ms) | {fmt(lf)} | {fmt(ef)} "
+              "| | | | | — | — |")
+    w("")
+
+    w("## OpenMP wait policy")
+    w("")
+    w("PASSIVE vs the default (OMP_WAIT_POLICY unset, LUMEN_KEEP_OMP_POLICY=1), each pair run back to back, "
+      "at torch's default intra-op thread count and at one thread per core. Slowdown = PASSIVE / default "
+      "throughput (>1: the default is slower).")
+    w("")
+    w("| shape | workload | intra-op threads | lumen PASSIVE | lumen default | lumen slowdown | eager PASSIVE | eager default | eager slowdown |")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for s in shapes:
+        for t in sorted({k[3] for k in res.runs if k[1] == s and k[4] == "omp"}):
+            n_thr = next((r.get("intra_op_threads") for k, r in res.runs.items() if k[1] == s and k[3] == t and k[4] == "omp"), t)
+            label = f"{n_thr} (torch default)" if t == 0 else f"{t}"
+            for name, fn in ((f"prefill {TRAIN[0]}×{TRAIN[1]} (tok/s)", lambda k: res.tok_s(k, "prefill", f"{TRAIN[0]}x{TRAIN[1]}")),
+                             (f"decode, steady {WINDOW} tokens (tok/s)", lambda k: res.decode_tok_s(k, window=True))):
+                cells = []
+                for impl in ("lumen", "eager"):
+                    p, d = fn((impl, s, "passive", t, "omp")), fn((impl, s, "default", t, "omp"))
+                    cells += [fmt(p), fmt(d), times(ratio(p, d))]
+                if any(x != "—" for x in cells):
+                    w(f"| {s} | {name} | {label} | " + " | ".join(cells) + " |")
+    w("")
+
+    w("## Diagnostics")
+    w("")
+    w("One-row products as decode issues them: torch::linear (a GEMM with M = 1, what both engines call) "
+      "vs torch::mv on the same weights, ms per call (best of the repetitions), lumen's process.")
+    w("")
+    w("| shape | matrix | linear (ms) | mv (ms) | mv speedup |")
+    w("|---|---|---:|---:|---:|")
+    for s in shapes:
+        for name, g in (res.get(("lumen", s, "passive", 0, "main"), "gemv") or {}).items():
+            w(f"| {s} | {name} | {g['linear_ms']:.3f} | {g['mv_ms']:.3f} | {g['speedup']:.1f}× |")
+    w("")
+    w("Same numbers on both sides (1×128 prefill, last position; greedy decode):")
+    w("")
+    w("| shape | argmax lumen / eager | logit sum lumen / eager | decoded tokens identical |")
+    w("|---|---|---|---|")
+    for s in shapes:
+        L, E = ("lumen", s, "passive", 0, "main"), ("eager", s, "passive", 0, "main")
+        lc, ec = res.get(L, "check"), res.get(E, "check")
+        lt, et = res.get(L, "decode", "tokens"), res.get(E, "decode", "tokens")
+        if not lc or not ec:
+            continue
+        if lt is None or et is None:
+            same = "—"
+        elif lt == et:
+            same = f"yes ({len(lt)})"
+        else:
+            first = next((i for i, (a, b) in enumerate(zip(lt, et)) if a != b), min(len(lt), len(et)))
+            same = f"no (first difference at {first})"
+        w(f"| {s} | {lc['argmax_last']} / {ec['argmax_last']} | {lc['logits_last_sum']:.6g} / {ec['logits_last_sum']:.6g} | {same} |")
+    w("")
+    w("**Targets missed:** " + (", ".join(dict.fromkeys(misses)) if misses else "none"))
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--model", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--shape", default="")
+    r.add_argument("--reps", type=int, default=5)
+    r.add_argument("--decode-reps", type=int, default=3)
+    r.add_argument("--only", default=ALL_SECTIONS)
+    r.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    r.add_argument("--prefill-shapes", default=",".join(f"{b}x{t}" for b, t in PREFILL))
+    r.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p = sub.add_parser("report")
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--meta", default="")
+    args = ap.parse_args()
+    run(args) if args.cmd == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
