@@ -43,7 +43,10 @@ struct HarvestOptions {
   int64_t ctx_len = 64;
   int64_t batch = 32;         // windows per forward pass
   int64_t top_k = 20;         // contexts kept per feature
-  int64_t commit_every = 64;  // windows per transaction (rounded to whole batches)
+  // A commit rewrites every feature's statistics, so it is rare: every `commit_every` windows
+  // (rounded to whole batches) or `commit_seconds` of work, whichever comes first.
+  int64_t commit_every = 4096;
+  double commit_seconds = 30;
   int64_t shard = 0, n_shards = 1;  // this harvest reads windows with index % n_shards == shard
   bool resume = false;
   int64_t stop_after_windows = -1;  // tests: stop (after a commit) once this many windows are done

@@ -123,6 +123,55 @@ void write_logit_effects(features::Db& db, const Model& model, const FeatureSour
   }
 }
 
+// Density, moments, max and histogram. SAE codes are sparse and never negative, so only the firing
+// entries are touched (3% of them for a k=16-of-512 TopK); a source with negative values (neurons,
+// directions) takes the dense path so that its mean still counts them.
+void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& edge_t) {
+  const int64_t F = s.F;
+  s.max = torch::maximum(s.max, a.amax(std::vector<int64_t>{0, 1}).to(torch::kDouble));
+  auto fired = a > 0;  // [B,T,F]
+  auto vals = a.masked_select(fired).to(torch::kDouble);          // [n], row-major order
+  auto feat = fired.reshape({-1, F}).nonzero().select(1, 1);       // [n], the same order
+  auto ones = torch::ones_like(feat);
+  s.nonzero.index_add_(0, feat, ones);
+  if ((a < 0).any().item<bool>()) {
+    auto a64 = a.to(torch::kDouble);
+    s.sum += a64.sum(std::vector<int64_t>{0, 1});
+    s.sum_sq += (a64 * a64).sum(std::vector<int64_t>{0, 1});
+  } else {
+    s.sum.index_add_(0, feat, vals);
+    s.sum_sq.index_add_(0, feat, vals * vals);
+  }
+  auto bins = torch::bucketize(vals, edge_t, /*out_int32=*/false, /*right=*/true);  // [n]
+  s.hist.view({-1}).index_add_(0, bins + feat * features::kBins, ones);
+}
+
+// One candidate context per window and feature: the window's strongest position. Only candidates
+// that beat a feature's current K-th value can enter its top-K (windows arrive in increasing
+// order, so a tie loses), so contexts are gathered for at most the C best windows per feature,
+// where C is the largest number of such candidates any feature has in this batch (often 0).
+void merge_window_maxima(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& toks,
+                         const torch::Tensor& gid, int64_t W, int64_t before) {
+  const int64_t T = a.size(1), F = s.F;
+  auto best = a.max(1);  // [B,F]
+  auto wmax = std::get<0>(best).t().contiguous(), wpos = std::get<1>(best).t().contiguous();  // [F,B]
+  auto cand = torch::where(wmax > 0, wmax, torch::full_like(wmax, -std::numeric_limits<float>::infinity()));
+  const int64_t C = (cand > s.top_val.narrow(1, s.K - 1, 1)).sum(1).max().item<int64_t>();
+  if (C == 0) return;
+  auto sel = std::get<1>(cand.topk(C, 1, /*largest=*/true, /*sorted=*/true));  // [F,C] windows of the batch
+  auto val = cand.gather(1, sel);
+  auto pos = wpos.gather(1, sel);
+  auto win = gid.index_select(0, sel.reshape({-1})).view({F, C});
+  win = torch::where(val > -std::numeric_limits<float>::infinity(), win, torch::full_like(win, -1));  // never fired: empty
+  auto start = (pos - before).clamp(0, T - W);                                       // [F,C]
+  auto t_idx = start.unsqueeze(-1) + torch::arange(W, torch::kLong).view({1, 1, W});  // [F,C,W]
+  auto row = sel.unsqueeze(-1) * T + t_idx;                                          // (window, position)
+  auto ctx_tok = toks.to(torch::kInt).reshape({-1}).index_select(0, row.reshape({-1})).view({F, C, W});
+  auto f_idx = torch::arange(F, torch::kLong).view({F, 1, 1});
+  auto ctx_act = a.reshape({-1}).index_select(0, (row * F + f_idx).reshape({-1})).view({F, C, W});
+  s.merge_top(val, win, pos, ctx_tok, ctx_act);
+}
+
 }  // namespace
 
 HarvestResult harvest_features(const Model& model, const std::vector<FeatureSource>& sources, const HarvestOptions& opt) {
@@ -206,7 +255,7 @@ HarvestResult harvest_features(const Model& model, const std::vector<FeatureSour
   int64_t tokens_done = std::stoll(db.meta("tokens_done", "0"));
   const int64_t tokens_at_start = tokens_done;
   const auto t0 = std::chrono::steady_clock::now();
-  auto last_log = t0;
+  auto last_log = t0, last_commit = t0;
   const int64_t start_done = done;
   HarvestResult res;
   res.finished = true;
@@ -238,34 +287,20 @@ HarvestResult harvest_features(const Model& model, const std::vector<FeatureSour
       x = x.reshape({B * T, -1});
       auto a = sources[i].encode(x).to(torch::kCPU, torch::kFloat).view({B, T, s.F});
       a = a.masked_fill(valid.logical_not().unsqueeze(-1), 0.0f);
-      auto a64 = a.to(torch::kDouble);
-      auto fired = a > 0;
       s.tokens += n_valid;
-      s.nonzero += fired.sum(std::vector<int64_t>{0, 1});
-      s.sum += a64.sum(std::vector<int64_t>{0, 1});
-      s.sum_sq += (a64 * a64).sum(std::vector<int64_t>{0, 1});
-      s.max = torch::maximum(s.max, a64.amax(std::vector<int64_t>{0, 1}));
-      // Histogram of firing values: every element gets a bin, non-firing ones add zero.
-      auto bins = torch::bucketize(a64.reshape({-1, s.F}), edge_t, /*out_int32=*/false, /*right=*/true);  // [B*T,F]
-      auto slot = bins + torch::arange(s.F, torch::kLong).view({1, s.F}) * features::kBins;
-      s.hist.view({-1}).index_add_(0, slot.reshape({-1}), fired.reshape({-1}).to(torch::kLong));
-      // One candidate context per window and feature: the window's strongest position.
-      auto best = a.max(1);  // [B,F]
-      auto wmax = std::get<0>(best), wpos = std::get<1>(best);
-      auto cand = torch::where(wmax > 0, wmax, torch::full_like(wmax, -std::numeric_limits<float>::infinity())).t();  // [F,B]
-      auto start = (wpos - before).clamp(0, T - W);                                   // [B,F]
-      auto idx = start.unsqueeze(-1) + torch::arange(W, torch::kLong).view({1, 1, W});  // [B,F,W]
-      auto ctx_tok = toks.to(torch::kInt).unsqueeze(1).expand({B, s.F, T}).gather(2, idx);
-      auto ctx_act = a.permute({0, 2, 1}).gather(2, idx);
-      s.merge_top(cand.contiguous(), gid.view({1, B}).expand({s.F, B}).contiguous(), wpos.t().contiguous(),
-                  ctx_tok.permute({1, 0, 2}).contiguous(), ctx_act.permute({1, 0, 2}).contiguous());
+      accumulate_stats(s, a, edge_t);
+      merge_window_maxima(s, a, toks, gid, W, before);
     }
     done += B;
     tokens_done += n_valid;
     const bool last = done == static_cast<int64_t>(mine.size());
     const bool stop_now = opt.stop_after_windows >= 0 && done >= opt.stop_after_windows;
-    if (last || stop_now || (done - start_done) % commit_every == 0) commit();
     auto now = std::chrono::steady_clock::now();
+    if (last || stop_now || (done - start_done) % commit_every == 0 ||
+        std::chrono::duration<double>(now - last_commit).count() > opt.commit_seconds) {
+      commit();
+      last_commit = now;
+    }
     if (last || std::chrono::duration<double>(now - last_log).count() > 5) {
       const double secs = std::chrono::duration<double>(now - t0).count();
       char buf[256];
