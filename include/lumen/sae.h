@@ -132,6 +132,7 @@ struct ActivationStoreOptions {
   int64_t buffer_tokens = 65536; // shuffle buffer size (rows of D)
   int64_t batch_tokens = 4096;   // rows per training batch
   uint64_t seed = 0;
+  bool stop_at_layer = true;     // false runs the whole model (benchmarks measure what stopping saves)
   std::function<void(const std::string&)> log;  // e.g. "epoch 2: corpus exhausted, reshuffling"
 };
 

@@ -169,9 +169,11 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const RunOptions& opt) co
       sin = m.rope_sin.narrow(0, p0, T).view({1, T, 1, half});
     }
   }
-  const torch::Tensor mask_global = attention_mask(T, p0, Tk, 0, key_valid, m.device);
-  const torch::Tensor mask_sliding =
-      c.sliding_window > 0 ? attention_mask(T, p0, Tk, c.sliding_window, key_valid, m.device) : torch::Tensor();
+  // Hidden keys (true = masked out), computed once for every layer.
+  auto hidden = [](const torch::Tensor& visible) { return visible.defined() ? visible.logical_not() : visible; };
+  const torch::Tensor hidden_global = hidden(attention_mask(T, p0, Tk, 0, key_valid, m.device));
+  const torch::Tensor hidden_sliding =
+      c.sliding_window > 0 ? hidden(attention_mask(T, p0, Tk, c.sliding_window, key_valid, m.device)) : torch::Tensor();
 
   const int64_t H = c.n_heads, K = c.n_kv_heads, G = H / K, E = c.d_head;
   const int64_t n_run = opt.stop_at_layer >= 0 ? std::min<int64_t>(opt.stop_at_layer, c.n_layers) : c.n_layers;
@@ -207,8 +209,9 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const RunOptions& opt) co
     auto qg = (q * c.attn_scale).transpose(1, 2).reshape({B, K, G * T, E});
     auto scores = torch::matmul(qg, k_all.transpose(-1, -2)).view({B, H, T, Tk});
     if (c.attn_softcap > 0) scores = torch::tanh(scores / c.attn_softcap) * c.attn_softcap;
-    const torch::Tensor& mask = c.layer_slides(l) ? mask_sliding : mask_global;
-    if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+    // In place: the scores are a fresh product (or soft-cap output) that no backward pass reads.
+    const torch::Tensor& masked = c.layer_slides(l) ? hidden_sliding : hidden_global;
+    if (masked.defined()) scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
     scores = hook(HookSite::attn_scores, li, scores);
     auto pattern = scores.scalar_type() == torch::kFloat || scores.scalar_type() == torch::kDouble
                        ? torch::softmax(scores, -1)

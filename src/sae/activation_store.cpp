@@ -147,7 +147,7 @@ struct ActivationStore::Impl {
     hooks.cache(opt.hook_name);
     RunOptions ro;
     ro.hooks = &hooks;
-    ro.stop_at_layer = stop;
+    ro.stop_at_layer = opt.stop_at_layer ? stop : -1;
     torch::NoGradGuard ng;
     model->forward(tokens, ro);
     auto acts = hooks.get(opt.hook_name);  // [b, ctx, D] (or [b, ctx, H, E])

@@ -16,6 +16,7 @@
 #include "lumen/files.h"
 #include "lumen/sae.h"
 #include "lumen/tensors.h"
+#include "sae/train_step.h"
 
 namespace lumen {
 namespace {
@@ -51,15 +52,132 @@ std::string fingerprint(const TrainOptions& o, int64_t d_in) {
   return j.dump();
 }
 
-struct Adam {
-  std::vector<at::Tensor> m, v;
-  int64_t t = 0;
-};
-
 at::Tensor scalar_i(int64_t v) { return torch::tensor({v}, torch::kLong); }
 at::Tensor scalar_d(double v) { return torch::tensor({v}, torch::kDouble); }
 
 }  // namespace
+
+void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_steps, const at::Tensor& x,
+                    SaeStepStats& acc, const std::function<void(const std::string&)>& log) {
+  Sae& sae = st.sae;
+  SaeAdam& adam = st.adam;
+  at::Tensor& since_fired = st.since_fired;
+  double& th_ema = st.th_ema;
+  uint64_t& rng = st.rng;
+  const int64_t step = st.step;
+  const SaeArch arch = sae.config().arch;
+  const int64_t N = x.size(0);
+  const int64_t d_in = sae.config().d_in;
+  const int64_t aux_k = opt.aux_k > 0 ? opt.aux_k : std::max<int64_t>(1, d_in / 2);
+  const double scale = sae.config().act_scale;
+  const int64_t warm_steps = std::max<int64_t>(1, static_cast<int64_t>(opt.lr_warmup_frac * total_steps));
+  const int64_t decay_start = total_steps - static_cast<int64_t>(opt.lr_decay_frac * total_steps);
+  const int64_t l1_warm = std::max<int64_t>(1, static_cast<int64_t>(opt.l1_warmup_frac * total_steps));
+  const int64_t resample_every = std::max<int64_t>(1, opt.dead_after_tokens / N);
+  const double eps = 1e-8;
+
+  const double frac = static_cast<double>(step) / total_steps;
+  double lr = opt.lr;
+  if (step < warm_steps) lr *= static_cast<double>(step + 1) / warm_steps;
+  if (step >= decay_start) lr *= static_cast<double>(total_steps - step) / std::max<int64_t>(1, total_steps - decay_start);
+
+  // ---- forward and loss (in normalised units: x * act_scale) ----
+  auto pre = sae.pre_activation(x);          // [N,S]
+  auto f = sae.activate(pre, /*training=*/true);
+  auto recons = sae.decode(f);               // [N,D]
+  auto err = (recons - x) * scale;           // [N,D]
+  auto mse = err.pow(2).sum(-1).mean();
+  auto loss = mse;
+  const at::Tensor dead = since_fired >= opt.dead_after_tokens;  // [S]
+  if (arch == SaeArch::ReLU) {
+    const double coeff = opt.l1_coeff * std::min(1.0, static_cast<double>(step + 1) / l1_warm);
+    loss = loss + coeff * (f * sae.W_dec.norm(2, 1)).sum(-1).mean();
+  } else {
+    const int64_t n_dead = dead.sum().item<int64_t>();
+    if (n_dead > 0 && opt.aux_k_coeff > 0) {
+      // AuxK: the top dead latents model the residual the live ones leave (revives them).
+      const int64_t ka = std::min(aux_k, n_dead);
+      auto pre_dead = pre.masked_fill(dead.logical_not().unsqueeze(0), -std::numeric_limits<float>::infinity());
+      auto top = torch::topk(pre_dead, ka, -1);
+      auto f_aux = torch::zeros_like(pre).scatter(-1, std::get<1>(top), torch::relu(std::get<0>(top)));
+      auto e_hat = torch::matmul(f_aux, sae.W_dec);  // [N,D] normalised units, no bias
+      auto e = -err.detach();
+      const double s = std::min(1.0, static_cast<double>(n_dead) / ka);
+      auto aux = (e_hat - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-12);
+      loss = loss + opt.aux_k_coeff * s * aux;
+    }
+  }
+  auto params = sae.parameters();
+  auto grads = torch::autograd::grad({loss}, params);
+
+  {
+    torch::NoGradGuard ng;
+    // Keep decoder rows on the unit sphere: drop the gradient's radial part, then renormalise.
+    grads[2] = grads[2] - (grads[2] * sae.W_dec).sum(1, true) * sae.W_dec;
+    ++adam.t;
+    const double bc1 = 1 - std::pow(opt.adam_beta1, static_cast<double>(adam.t));
+    const double bc2 = 1 - std::pow(opt.adam_beta2, static_cast<double>(adam.t));
+    for (size_t i = 0; i < params.size(); ++i) {
+      adam.m[i].mul_(opt.adam_beta1).add_(grads[i], 1 - opt.adam_beta1);
+      adam.v[i].mul_(opt.adam_beta2).addcmul_(grads[i], grads[i], 1 - opt.adam_beta2);
+      auto denom = (adam.v[i] / bc2).sqrt_().add_(eps);
+      params[i].addcdiv_(adam.m[i], denom, -lr / bc1);
+    }
+    sae.W_dec.div_(sae.W_dec.norm(2, 1, true).clamp_min(1e-12));
+
+    // Dead-latent bookkeeping: rows since each latent last fired.
+    auto fired = (f > 0).any(0);
+    since_fired.add_(N).masked_fill_(fired, 0);
+    if (arch == SaeArch::BatchTopK) {
+      // The inference threshold: running mean of the smallest activation the batch kept.
+      auto kept = f.masked_select(f > 0);
+      if (kept.numel() > 0) {
+        const double mn = kept.min().item<double>();
+        th_ema = (step == 0) ? mn : 0.99 * th_ema + 0.01 * mn;
+        sae.threshold.fill_(th_ema);
+      }
+    }
+    // ReLU revival (Anthropic, 2023 "Towards Monosemanticity"): dead latents restart as
+    // directions of badly reconstructed inputs. TopK-style SAEs rely on AuxK instead.
+    if (arch == SaeArch::ReLU && (step + 1) % resample_every == 0 && frac < 0.6) {
+      auto dead_idx = (since_fired >= opt.dead_after_tokens).nonzero().flatten().to(torch::kCPU);
+      const int64_t nd = dead_idx.numel();
+      if (nd > 0) {
+        auto e = err.detach().to(torch::kCPU);        // [N,D]
+        auto w = e.pow(2).sum(-1).cumsum(0);            // sampling weights ∝ ||e||²
+        const double tot = w[-1].item<double>();
+        auto alive = (since_fired < opt.dead_after_tokens);
+        const double enc_norm = alive.any().item<bool>()
+                                    ? sae.W_enc.norm(2, 0).masked_select(alive).mean().item<double>()
+                                    : 1.0;
+        for (int64_t j = 0; j < nd; ++j) {
+          const double u = (next_u64(rng) >> 11) * (1.0 / 9007199254740992.0) * tot;
+          const int64_t row = std::min<int64_t>(N - 1, torch::searchsorted(w, torch::tensor({u}, torch::kFloat)).item<int64_t>());
+          auto dir = e[row] / e[row].norm().clamp_min(1e-12);
+          const int64_t li = dead_idx[j].item<int64_t>();
+          sae.W_dec[li].copy_(dir.to(sae.W_dec.device()));
+          sae.W_enc.select(1, li).copy_(dir.to(sae.W_enc.device()) * (0.2 * enc_norm));
+          sae.b_enc[li].zero_();
+          adam.m[0].select(1, li).zero_();
+          adam.v[0].select(1, li).zero_();
+          for (int i : {1, 2}) {
+            adam.m[i][li].zero_();
+            adam.v[i][li].zero_();
+          }
+        }
+        since_fired.index_fill_(0, dead_idx.to(since_fired.device()), 0);
+        log("step " + std::to_string(step + 1) + ": revived " + std::to_string(nd) + " dead latents");
+      }
+    }
+
+    acc.loss += loss.item<double>();
+    acc.l0 += (f > 0).sum(-1).to(torch::kDouble).mean().item<double>();
+    acc.err += err.pow(2).sum().item<double>();
+    acc.var += ((x - x.mean(0)) * scale).pow(2).sum().item<double>();
+    ++acc.n;
+  }
+  ++st.step;
+}
 
 TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   torch::AutoGradMode enable_grad(true);  // callers may hold a NoGradGuard (the CLI does)
@@ -89,19 +207,22 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   cfg.metadata["model_name"] = model.path();
   cfg.metadata["dataset_path"] = opt.data.corpus;
   cfg.metadata["context_size"] = std::to_string(opt.data.ctx_len);
-  Sae sae = Sae::init(cfg, opt.seed, model.device());
+  SaeTrainState st;
+  st.sae = Sae::init(cfg, opt.seed, model.device());
+  Sae& sae = st.sae;
   const int64_t S = cfg.d_sae;
-  const int64_t aux_k = opt.aux_k > 0 ? opt.aux_k : std::max<int64_t>(1, d_in / 2);
 
-  Adam adam;
+  SaeAdam& adam = st.adam;
   for (auto& p : sae.parameters()) {
     adam.m.push_back(torch::zeros_like(p));
     adam.v.push_back(torch::zeros_like(p));
   }
-  at::Tensor since_fired = torch::zeros({S}, torch::TensorOptions().dtype(torch::kLong).device(model.device()));
-  double th_ema = 0.0;  // BatchTopK inference threshold
-  uint64_t rng = opt.seed ^ 0xA11CEull;
-  int64_t step = 0;
+  st.since_fired = torch::zeros({S}, torch::TensorOptions().dtype(torch::kLong).device(model.device()));
+  st.rng = opt.seed ^ 0xA11CEull;
+  at::Tensor& since_fired = st.since_fired;
+  double& th_ema = st.th_ema;
+  uint64_t& rng = st.rng;
+  int64_t& step = st.step;
 
   const std::string ckpt_dir = opt.out_dir.empty() ? std::string() : join_path(opt.out_dir, "checkpoints");
   const std::string ckpt = ckpt_dir.empty() ? std::string() : join_path(ckpt_dir, "state.safetensors");
@@ -194,15 +315,7 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   }
 
   for (auto* p : {&sae.W_enc, &sae.b_enc, &sae.W_dec, &sae.b_dec}) p->requires_grad_(true);
-  const double scale = sae.config().act_scale;
-  const int64_t warm_steps = std::max<int64_t>(1, static_cast<int64_t>(opt.lr_warmup_frac * total_steps));
-  const int64_t decay_start = total_steps - static_cast<int64_t>(opt.lr_decay_frac * total_steps);
-  const int64_t l1_warm = std::max<int64_t>(1, static_cast<int64_t>(opt.l1_warmup_frac * total_steps));
-  const int64_t resample_every = std::max<int64_t>(1, opt.dead_after_tokens / N);
-  const double eps = 1e-8;
-
-  double acc_loss = 0, acc_l0 = 0, acc_err = 0, acc_var = 0;
-  int64_t acc_n = 0;
+  SaeStepStats acc;
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_since_log = 0;
   TrainResult res;
@@ -210,107 +323,7 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   while (step < total_steps) {
     at::Tensor x = x_next.defined() ? x_next : store.next_batch();  // [N,D]
     x_next = at::Tensor();
-    const double frac = static_cast<double>(step) / total_steps;
-    double lr = opt.lr;
-    if (step < warm_steps) lr *= static_cast<double>(step + 1) / warm_steps;
-    if (step >= decay_start) lr *= static_cast<double>(total_steps - step) / std::max<int64_t>(1, total_steps - decay_start);
-
-    // ---- forward and loss (in normalised units: x * act_scale) ----
-    auto pre = sae.pre_activation(x);          // [N,S]
-    auto f = sae.activate(pre, /*training=*/true);
-    auto recons = sae.decode(f);               // [N,D]
-    auto err = (recons - x) * scale;           // [N,D]
-    auto mse = err.pow(2).sum(-1).mean();
-    auto loss = mse;
-    const at::Tensor dead = since_fired >= opt.dead_after_tokens;  // [S]
-    if (arch == SaeArch::ReLU) {
-      const double coeff = opt.l1_coeff * std::min(1.0, static_cast<double>(step + 1) / l1_warm);
-      loss = loss + coeff * (f * sae.W_dec.norm(2, 1)).sum(-1).mean();
-    } else {
-      const int64_t n_dead = dead.sum().item<int64_t>();
-      if (n_dead > 0 && opt.aux_k_coeff > 0) {
-        // AuxK: the top dead latents model the residual the live ones leave (revives them).
-        const int64_t ka = std::min(aux_k, n_dead);
-        auto pre_dead = pre.masked_fill(dead.logical_not().unsqueeze(0), -std::numeric_limits<float>::infinity());
-        auto top = torch::topk(pre_dead, ka, -1);
-        auto f_aux = torch::zeros_like(pre).scatter(-1, std::get<1>(top), torch::relu(std::get<0>(top)));
-        auto e_hat = torch::matmul(f_aux, sae.W_dec);  // [N,D] normalised units, no bias
-        auto e = -err.detach();
-        const double s = std::min(1.0, static_cast<double>(n_dead) / ka);
-        auto aux = (e_hat - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-12);
-        loss = loss + opt.aux_k_coeff * s * aux;
-      }
-    }
-    auto params = sae.parameters();
-    auto grads = torch::autograd::grad({loss}, params);
-
-    {
-      torch::NoGradGuard ng;
-      // Keep decoder rows on the unit sphere: drop the gradient's radial part, then renormalise.
-      grads[2] = grads[2] - (grads[2] * sae.W_dec).sum(1, true) * sae.W_dec;
-      ++adam.t;
-      const double bc1 = 1 - std::pow(opt.adam_beta1, static_cast<double>(adam.t));
-      const double bc2 = 1 - std::pow(opt.adam_beta2, static_cast<double>(adam.t));
-      for (size_t i = 0; i < params.size(); ++i) {
-        adam.m[i].mul_(opt.adam_beta1).add_(grads[i], 1 - opt.adam_beta1);
-        adam.v[i].mul_(opt.adam_beta2).addcmul_(grads[i], grads[i], 1 - opt.adam_beta2);
-        auto denom = (adam.v[i] / bc2).sqrt_().add_(eps);
-        params[i].addcdiv_(adam.m[i], denom, -lr / bc1);
-      }
-      sae.W_dec.div_(sae.W_dec.norm(2, 1, true).clamp_min(1e-12));
-
-      // Dead-latent bookkeeping: rows since each latent last fired.
-      auto fired = (f > 0).any(0);
-      since_fired.add_(N).masked_fill_(fired, 0);
-      if (arch == SaeArch::BatchTopK) {
-        // The inference threshold: running mean of the smallest activation the batch kept.
-        auto kept = f.masked_select(f > 0);
-        if (kept.numel() > 0) {
-          const double mn = kept.min().item<double>();
-          th_ema = (step == 0) ? mn : 0.99 * th_ema + 0.01 * mn;
-          sae.threshold.fill_(th_ema);
-        }
-      }
-      // ReLU revival (Anthropic, 2023 "Towards Monosemanticity"): dead latents restart as
-      // directions of badly reconstructed inputs. TopK-style SAEs rely on AuxK instead.
-      if (arch == SaeArch::ReLU && (step + 1) % resample_every == 0 && frac < 0.6) {
-        auto dead_idx = (since_fired >= opt.dead_after_tokens).nonzero().flatten().to(torch::kCPU);
-        const int64_t nd = dead_idx.numel();
-        if (nd > 0) {
-          auto e = err.detach().to(torch::kCPU);        // [N,D]
-          auto w = e.pow(2).sum(-1).cumsum(0);            // sampling weights ∝ ||e||²
-          const double tot = w[-1].item<double>();
-          auto alive = (since_fired < opt.dead_after_tokens);
-          const double enc_norm = alive.any().item<bool>()
-                                      ? sae.W_enc.norm(2, 0).masked_select(alive).mean().item<double>()
-                                      : 1.0;
-          for (int64_t j = 0; j < nd; ++j) {
-            const double u = (next_u64(rng) >> 11) * (1.0 / 9007199254740992.0) * tot;
-            const int64_t row = std::min<int64_t>(N - 1, torch::searchsorted(w, torch::tensor({u}, torch::kFloat)).item<int64_t>());
-            auto dir = e[row] / e[row].norm().clamp_min(1e-12);
-            const int64_t li = dead_idx[j].item<int64_t>();
-            sae.W_dec[li].copy_(dir.to(sae.W_dec.device()));
-            sae.W_enc.select(1, li).copy_(dir.to(sae.W_enc.device()) * (0.2 * enc_norm));
-            sae.b_enc[li].zero_();
-            adam.m[0].select(1, li).zero_();
-            adam.v[0].select(1, li).zero_();
-            for (int i : {1, 2}) {
-              adam.m[i][li].zero_();
-              adam.v[i][li].zero_();
-            }
-          }
-          since_fired.index_fill_(0, dead_idx.to(since_fired.device()), 0);
-          log("step " + std::to_string(step + 1) + ": revived " + std::to_string(nd) + " dead latents");
-        }
-      }
-
-      acc_loss += loss.item<double>();
-      acc_l0 += (f > 0).sum(-1).to(torch::kDouble).mean().item<double>();
-      acc_err += err.pow(2).sum().item<double>();
-      acc_var += ((x - x.mean(0)) * scale).pow(2).sum().item<double>();
-      ++acc_n;
-    }
-    ++step;
+    sae_train_step(st, opt, total_steps, x, acc, log);
     tokens_since_log += N;
 
     const bool last = step == total_steps;
@@ -320,15 +333,14 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  tokens %lld  %.0f tok/s  loss %.4f  L0 %.1f  FVU %.4f  dead %.1f%%",
                     static_cast<long long>(step), static_cast<long long>(total_steps), static_cast<long long>(step * N),
-                    secs > 0 ? tokens_since_log / secs : 0.0, acc_loss / acc_n, acc_l0 / acc_n, acc_err / std::max(acc_var, 1e-12),
+                    secs > 0 ? tokens_since_log / secs : 0.0, acc.loss / acc.n, acc.l0 / acc.n, acc.err / std::max(acc.var, 1e-12),
                     100 * dead_share);
       log(line);
-      res.final_loss = acc_loss / acc_n;
-      res.final_l0 = acc_l0 / acc_n;
-      res.final_fvu = acc_err / std::max(acc_var, 1e-12);
+      res.final_loss = acc.loss / acc.n;
+      res.final_l0 = acc.l0 / acc.n;
+      res.final_fvu = acc.err / std::max(acc.var, 1e-12);
       res.dead_fraction = dead_share;
-      acc_loss = acc_l0 = acc_err = acc_var = 0;
-      acc_n = 0;
+      acc = SaeStepStats();
       tokens_since_log = 0;
       t0 = std::chrono::steady_clock::now();
     }

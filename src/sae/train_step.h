@@ -1,0 +1,38 @@
+// One SAE optimisation step: the update train_sae runs, shared with bench/ so that the benchmark
+// times exactly what training does. Private to src/sae and bench/.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lumen/sae.h"
+
+namespace lumen {
+
+struct SaeAdam {
+  std::vector<at::Tensor> m, v;  // moments, in Sae::parameters() order
+  int64_t t = 0;
+};
+
+struct SaeTrainState {
+  Sae sae;
+  SaeAdam adam;
+  at::Tensor since_fired;  // [S] int64: rows since each latent last fired
+  double th_ema = 0.0;     // BatchTopK inference threshold
+  uint64_t rng = 0;        // ReLU revival draws
+  int64_t step = 0;
+};
+
+// Running sums of what the progress line reports.
+struct SaeStepStats {
+  double loss = 0, l0 = 0, err = 0, var = 0;
+  int64_t n = 0;
+};
+
+// x [N, d_in] float32 on the SAE's device. Needs grad mode on and the SAE's parameters requiring
+// grad; updates the weights, the optimizer and the dead-latent counters, then advances st.step.
+void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_steps, const at::Tensor& x,
+                    SaeStepStats& acc, const std::function<void(const std::string&)>& log);
+
+}  // namespace lumen
