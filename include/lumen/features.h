@@ -49,6 +49,7 @@ struct HarvestOptions {
   double commit_seconds = 30;
   int64_t shard = 0, n_shards = 1;  // this harvest reads windows with index % n_shards == shard
   bool resume = false;
+  int64_t threads = 0;        // threads folding sources in (0: one per core); results do not depend on it
   int64_t stop_after_windows = -1;  // tests: stop (after a commit) once this many windows are done
   std::function<void(const std::string&)> log;
 };

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "features/store.h"
 #include "lumen/error.h"
@@ -123,10 +124,31 @@ void write_logit_effects(features::Db& db, const Model& model, const FeatureSour
   }
 }
 
+// Runs fn(0..n-1) on up to `workers` threads, item i on thread i % workers; rethrows the first error.
+void run_parallel(size_t n, size_t workers, const std::function<void(size_t)>& fn) {
+  if (workers <= 1 || n <= 1) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::vector<std::thread> threads;
+  std::vector<std::exception_ptr> errors(workers);
+  for (size_t w = 0; w < std::min(workers, n); ++w)
+    threads.emplace_back([&, w] {
+      try {
+        for (size_t i = w; i < n; i += workers) fn(i);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
 // Density, moments, max and histogram. SAE codes are sparse and never negative, so only the firing
 // entries are touched (3% of them for a k=16-of-512 TopK); a source with negative values (neurons,
 // directions) takes the dense path so that its mean still counts them.
-void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& edge_t) {
+void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& edge_t, bool nonnegative) {
   const int64_t F = s.F;
   s.max = torch::maximum(s.max, a.amax(std::vector<int64_t>{0, 1}).to(torch::kDouble));
   auto fired = a > 0;  // [B,T,F]
@@ -134,7 +156,7 @@ void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const to
   auto feat = fired.reshape({-1, F}).nonzero().select(1, 1);       // [n], the same order
   auto ones = torch::ones_like(feat);
   s.nonzero.index_add_(0, feat, ones);
-  if ((a < 0).any().item<bool>()) {
+  if (!nonnegative && (a < 0).any().item<bool>()) {
     auto a64 = a.to(torch::kDouble);
     s.sum += a64.sum(std::vector<int64_t>{0, 1});
     s.sum_sq += (a64 * a64).sum(std::vector<int64_t>{0, 1});
@@ -256,6 +278,8 @@ HarvestResult harvest_features(const Model& model, const std::vector<FeatureSour
   const int64_t tokens_at_start = tokens_done;
   const auto t0 = std::chrono::steady_clock::now();
   auto last_log = t0, last_commit = t0;
+  const size_t workers = opt.threads > 0 ? static_cast<size_t>(opt.threads)
+                                         : std::max<size_t>(1, std::thread::hardware_concurrency());
   const int64_t start_done = done;
   HarvestResult res;
   res.finished = true;
@@ -281,16 +305,20 @@ HarvestResult harvest_features(const Model& model, const std::vector<FeatureSour
     // BOS positions carry no text: they are not counted and never a context.
     auto valid = bos >= 0 ? (toks != bos) : torch::ones_like(toks, torch::kBool);
     const int64_t n_valid = valid.sum().item<int64_t>();
-    for (size_t i = 0; i < sources.size(); ++i) {
+    // Sources are independent given the cached sites: fold them in on up to `workers` threads
+    // (each thread owns whole sources, so the result does not depend on the thread count).
+    auto hidden = valid.logical_not().unsqueeze(-1);
+    auto fold = [&](size_t i) {
+      torch::NoGradGuard ng_thread;  // grad mode is per thread
       auto& s = state[i];
-      auto x = hs.get(sources[i].hook);
-      x = x.reshape({B * T, -1});
+      auto x = hs.get(sources[i].hook).reshape({B * T, -1});
       auto a = sources[i].encode(x).to(torch::kCPU, torch::kFloat).view({B, T, s.F});
-      a = a.masked_fill(valid.logical_not().unsqueeze(-1), 0.0f);
+      a = a.masked_fill(hidden, 0.0f);
       s.tokens += n_valid;
-      accumulate_stats(s, a, edge_t);
+      accumulate_stats(s, a, edge_t, sources[i].kind == "sae");
       merge_window_maxima(s, a, toks, gid, W, before);
-    }
+    };
+    run_parallel(sources.size(), workers, fold);
     done += B;
     tokens_done += n_valid;
     const bool last = done == static_cast<int64_t>(mine.size());

@@ -8,6 +8,7 @@
 #include "lumen/error.h"
 #include "lumen/features.h"
 #include "lumen/files.h"
+#include "lumen/sae.h"
 
 namespace {
 
@@ -131,3 +132,47 @@ TEST(Features, ShardsMergeIntoTheSingleHarvest) {
 }
 
 }  // namespace
+
+namespace {
+// A TopK SAE on blocks.2.hook_resid_post with seeded random weights: sparse, non-negative codes.
+lumen::Sae random_topk_sae(const lumen::Model& model, uint64_t seed) {
+  lumen::SaeConfig c;
+  c.arch = lumen::SaeArch::TopK;
+  c.d_in = model.config().d_model;
+  c.d_sae = 96;
+  c.k = 6;
+  c.hook_name = "blocks.2.hook_resid_post";
+  return lumen::Sae::init(c, seed);
+}
+}  // namespace
+
+TEST(Features, ThreadCountDoesNotChangeTheStore) {
+  LUMEN_REQUIRE_SHARED("models/stories260K");
+  LUMEN_REQUIRE_SHARED("data/tinystories/train.txt");
+  Fixture fx;
+  // Sparse SAE sources take the firing-entries-only path; neurons the dense one.
+  auto sources = fx.sources;
+  sources.push_back(lumen::sae_feature_source(random_topk_sae(fx.model, 1)));
+  const std::string dir = lumen_test::temp_dir("feat_threads");
+  auto one = fx.opt(dir + "/one.db"), two = fx.opt(dir + "/two.db");
+  one.threads = 1;
+  two.threads = 3;
+  lumen::harvest_features(fx.model, sources, one);
+  lumen::harvest_features(fx.model, sources, two);
+  expect_same_store(dir + "/one.db", dir + "/two.db", 0.0);
+  // And the sparse path's statistics match their definition on the SAE source.
+  auto st = lumen::FeatureStore::open(dir + "/one.db");
+  const std::string src = sources.back().name;
+  int64_t fired = 0;
+  for (int64_t f = 0; f < st.n_features(src); ++f) {
+    auto info = st.info(src, f);
+    int64_t hist_total = 0;
+    for (auto h : info.histogram) hist_total += h;
+    EXPECT_EQ(hist_total, info.nonzero) << "feature " << f;
+    if (info.nonzero > 0) EXPECT_GT(info.max, 0.0);
+    for (const auto& c : info.contexts) EXPECT_GT(c.max, 0.0f) << "a context of feature " << f << " never fired";
+    fired += info.nonzero;
+  }
+  // k = 6 latents fire at every token (TopK on a random SAE keeps positive values almost always).
+  EXPECT_GT(fired, 3 * st.info(src, 0).tokens);
+}
