@@ -11,7 +11,7 @@ namespace {
 struct HarvestArgs {
   std::vector<std::string> saes, neurons;
   std::string direction, direction_hook, corpus, out, shard = "0/1";
-  int64_t tokens = 1000000, ctx_len = 64, batch = 32, top_k = 20;
+  int64_t tokens = 1000000, ctx_len = 64, batch = 32, top_k = 20, threads = 0;
   bool resume = false;
 };
 
@@ -36,6 +36,7 @@ int cmd_harvest(const ModelArgs& ma, const HarvestArgs& a) {
   o.batch = a.batch;
   o.top_k = a.top_k;
   o.resume = a.resume;
+  o.threads = a.threads;
   auto slash = a.shard.find('/');
   lumen::require(slash != std::string::npos, ErrorKind::Arg, "--shard must look like i/n");
   o.shard = std::stoll(a.shard.substr(0, slash));
@@ -85,6 +86,7 @@ void add_features_commands(CLI::App& app, int& rc) {
   harvest->add_option("--ctx-len", h->ctx_len, "window length")->capture_default_str();
   harvest->add_option("--batch", h->batch, "windows per forward pass")->capture_default_str();
   harvest->add_option("--top-k", h->top_k, "contexts kept per feature")->capture_default_str();
+  harvest->add_option("--threads", h->threads, "threads folding sources in (0: one per core; the store is the same)")->capture_default_str();
   harvest->add_option("--shard", h->shard, "i/n: read every n-th window starting at i (merge shards later)")->capture_default_str();
   harvest->add_flag("--resume", h->resume, "continue a killed harvest");
   harvest->callback([&rc, ma, h] { rc = cmd_harvest(*ma, *h); });
