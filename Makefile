@@ -28,8 +28,9 @@ demo: build
 	  --heldout $(LUMEN_SHARED)/data/tinystories/heldout.txt --work-dir $(BUILD)/demo
 
 bench: configure
-	cmake --build $(BUILD) -j $(JOBS) --target bench_engine lumen_cli
+	cmake --build $(BUILD) -j $(JOBS) --target bench_engine bench_sae lumen_cli
 	bench/run.sh $(BUILD)
+	bench/run_sae.sh $(BUILD)
 
 fuzz:
 	fuzz/run.sh
