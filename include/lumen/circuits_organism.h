@@ -45,7 +45,7 @@ struct SvaGrammarOptions {
   uint64_t seed = 0;
   int64_t train_sentences = 40000;
   int64_t heldout_sentences = 2000;  // more text of the same kind, never trained on (SAE evaluation)
-  int64_t test_pairs = 200;  // per construction (simple is capped at a quarter of its prefix space)
+  int64_t test_pairs = 200;  // per construction (simple: at most a quarter of its adjective-noun prefixes)
   // Chance that a distractor has the controller's number in TRAINING text. Not 0: a model that only
   // saw mismatched distractors could predict the verb from the distractor instead of the subject.
   double same_number_rate = 0.5;
@@ -81,7 +81,7 @@ struct OrganismOptions {
   uint64_t seed = 0;
   SvaGrammarOptions grammar;  // grammar.seed is set from seed
   int64_t n_layers = 3, d_model = 64, n_heads = 4, d_mlp = 256;
-  int64_t steps = 1500, batch = 32, seq_len = 64;
+  int64_t steps = 1200, batch = 32, seq_len = 64;
   double lr = 3e-3, weight_decay = 0.01, warmup_frac = 0.05;
   int64_t log_every = 100, checkpoint_every = 250;
   int64_t stop_after_steps = -1;  // tests: stop (checkpointed) after this many steps

@@ -253,7 +253,8 @@ OrganismResult train_sva_organism(const OrganismOptions& opt_in) {
 
   // 4. Next-token training.
   OrganismResult res;
-  auto t0 = std::chrono::steady_clock::now();
+  auto t0 = std::chrono::steady_clock::now(), t_log = t0;
+  int64_t step_log = start;
   double loss_sum = 0;
   int64_t loss_n = 0, step = start;
   for (; step < opt.steps; ++step) {
@@ -272,13 +273,16 @@ OrganismResult train_sva_organism(const OrganismOptions& opt_in) {
     const bool last = step + 1 == opt.steps;
     const bool stop_here = opt.stop_after_steps >= 0 && step + 1 >= opt.stop_after_steps && !last;
     if ((opt.log_every > 0 && (step + 1) % opt.log_every == 0) || last || stop_here) {
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const auto now = std::chrono::steady_clock::now();
+      const double rate = (step + 1 - step_log) / std::max(std::chrono::duration<double>(now - t_log).count(), 1e-9);
+      t_log = now;
+      step_log = step + 1;
       res.final_loss = loss_sum / loss_n;
       auto acc = sva_accuracy(model, corpus.test);
       char buf[256];
       std::snprintf(buf, sizeof buf, "toy sva-transformer: step %lld/%lld loss %.4f agreement %.3f (%.1f steps/s)",
                     static_cast<long long>(step + 1), static_cast<long long>(opt.steps), res.final_loss, acc["all"],
-                    (step + 1 - start) / std::max(secs, 1e-9));
+                    rate);
       log(buf);
       loss_sum = 0;
       loss_n = 0;

@@ -167,18 +167,18 @@ TEST(SvaOrganism, ReducedRunResumesLoadsAndAgreesFarAboveChance) {
   o.d_model = 32;
   o.n_heads = 2;
   o.d_mlp = 64;
-  o.steps = 300;
+  o.steps = 500;
   o.batch = 16;
-  o.seq_len = 64;
-  o.lr = 5e-3;
+  o.seq_len = 48;
+  o.lr = 1e-2;
   o.log_every = 100;
   o.checkpoint_every = 100;
   std::vector<std::string> lines;
   o.log = [&](const std::string& s) { lines.push_back(s); };
-  o.stop_after_steps = 150;
+  o.stop_after_steps = 250;
   auto first = lumen::train_sva_organism(o);
   EXPECT_FALSE(first.finished);
-  EXPECT_EQ(first.steps, 150);
+  EXPECT_EQ(first.steps, 250);
   EXPECT_FALSE(lumen::file_exists(dir + "/config.json"));
   o.stop_after_steps = -1;
   auto r = lumen::train_sva_organism(o);
@@ -186,10 +186,11 @@ TEST(SvaOrganism, ReducedRunResumesLoadsAndAgreesFarAboveChance) {
   bool resumed = false;
   for (auto& l : lines) resumed = resumed || l.find("resumed from") != std::string::npos;
   EXPECT_TRUE(resumed);
-  EXPECT_EQ(r.steps, 300);
-  // Chance is 50%; a model that ignored the subject could not pass the distractor cases.
+  EXPECT_EQ(r.steps, 500);
+  // Chance is 50%; the clean prompts put a distractor of the other number next to the verb, so
+  // following the nearest noun scores 0% there.
   EXPECT_GT(r.accuracy["all"], 0.8) << "final loss " << r.final_loss;
-  EXPECT_GT(r.accuracy["simple"], 0.8);
+  EXPECT_GT(r.accuracy["across_pp"], 0.8);
 
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "corpus.txt", "sva_test.jsonl", "organism.json"})
     EXPECT_TRUE(lumen::file_exists(dir + "/" + f)) << f;
@@ -209,7 +210,8 @@ TEST(SvaOrganism, ReducedRunResumesLoadsAndAgreesFarAboveChance) {
   EXPECT_NEAR(lumen::sva_accuracy(m, pairs)["all"], r.accuracy["all"], 1e-12);
   auto info = run_cli("info " + dir);
   EXPECT_EQ(info.code, 0) << info.err;
-  EXPECT_NE(info.out.find("blocks.1.hook_resid_post"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("hook_resid_post"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("tokenizer     hf-bpe"), std::string::npos) << info.out;
   auto ids = run_cli("tokenize " + dir + " --text 'The dog near the cats'");
   ASSERT_EQ(ids.code, 0) << ids.err;
   EXPECT_EQ(words_of(ids.out).size(), 6u) << ids.out;  // <s> + five words
