@@ -173,7 +173,8 @@ OrganismResult train_sva_organism(const OrganismOptions& opt_in) {
   if (!file_exists(init_stamp) || read_file(init_stamp) != fp + "\n") {
     write_initial_model(opt, V, init);
     write_file_atomic(init_stamp, [&](std::ostream& o) { o << fp << "\n"; });
-    std::remove(state_path.c_str());  // other settings: start over
+    if (file_exists(state_path)) log("toy sva-transformer: " + state_path + " was written with other settings; starting over");
+    std::remove(state_path.c_str());
   }
   Model model = Model::load(init, LoadOptions{});
   const Tokenizer& tok = model.require_tokenizer();
