@@ -98,5 +98,6 @@ void add_sae_commands(CLI::App& app, int& rc);
 void add_scope_commands(CLI::App& app, int& rc);
 void add_flags_commands(CLI::App& app, int& rc);
 void add_features_commands(CLI::App& app, int& rc);
+void add_toy_commands(CLI::App& app, int& rc);
 
 }  // namespace lumen_cli
