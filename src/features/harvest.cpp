@@ -261,8 +261,11 @@ HarvestResult harvest_features(const Model& model, const std::vector<FeatureSour
       state[i].init(sources[i].n_features, opt.top_k, W);
     }
     features::Stmt vs(db, "INSERT INTO vocab(id, piece) VALUES(?, ?)");
+    // Pieces as they print inside a text: after a token that is not BOS, so tokenizers that drop
+    // the word-start space of a text's first token (SentencePiece, Metaspace) keep it here.
+    const int32_t inside = tok.bos_id() == 0 ? 1 : 0;
     for (int32_t id = 0; id < tok.vocab_size(); ++id) {
-      vs.bind(1, static_cast<int64_t>(id)).bind(2, tok.decode_step(-1, id));
+      vs.bind(1, static_cast<int64_t>(id)).bind(2, tok.decode_step(inside, id));
       vs.step();
       vs.reset();
     }
