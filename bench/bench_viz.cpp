@@ -94,6 +94,18 @@ int run(const Args& a) {
       const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
       if (r >= 2) times.push_back(dt);  // two warm-up steps
     }
+    // The parts of the step: the gradient alone, and scoring the candidates alone.
+    std::vector<double> tg, tev;
+    for (int64_t r = 0; r < 3; ++r) {
+      auto t0 = Clock::now();
+      auto cands = gcg_candidates(obj, cur, C, topk, rng);
+      auto t1 = Clock::now();
+      obj.evaluate(cands);
+      auto t2 = Clock::now();
+      tg.push_back(std::chrono::duration<double>(t1 - t0).count());
+      tev.push_back(std::chrono::duration<double>(t2 - t1).count());
+    }
+    out[full ? "gcg_parts_full" : "gcg_parts_stop"] = {{"gradient_and_sampling_s", median(tg)}, {"evaluate_s", median(tev)}};
     const double m = median(times);
     out[full ? "gcg_step_full" : "gcg_step_stop"] = {{"median_s", m}, {"candidates_per_s", C / m}, {"times", times}};
   }

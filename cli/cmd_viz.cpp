@@ -16,7 +16,8 @@ namespace {
 
 struct VizArgs {
   std::string sae, hook, direction, store, method = "adapt", position = "last";
-  int64_t latent = -1, len = 12, len_max = -1, budget = 200000, n_best = 5, beam_width = 8;
+  int64_t latent = -1, len = 12, len_max = -1, budget = 200000, n_best = 5, beam_width = 8, adapt_candidates = 128;
+  double beam_share = 0.25;
   uint64_t seed = 0;
   double fluency = 0;
   bool json = false;
@@ -29,6 +30,8 @@ void add_search_options(CLI::App* c, VizArgs* a) {
   c->add_option("--fluency", a->fluency, "lambda of the fluency penalty (mean next-token CE)")->capture_default_str();
   c->add_option("--position", a->position, "last or max (over positions)")->capture_default_str();
   c->add_option("--beam-width", a->beam_width, "ADAPT beam width")->capture_default_str();
+  c->add_option("--beam-share", a->beam_share, "ADAPT: largest share of the budget for the beam search")->capture_default_str();
+  c->add_option("--adapt-candidates", a->adapt_candidates, "ADAPT: mutation candidates per step")->capture_default_str();
 }
 
 lumen::VizOptions options_of(const VizArgs& a) {
@@ -41,6 +44,8 @@ lumen::VizOptions options_of(const VizArgs& a) {
   o.seed = a.seed;
   o.n_best = a.n_best;
   o.beam_width = a.beam_width;
+  o.beam_budget_share = a.beam_share;
+  o.adapt_candidates = a.adapt_candidates;
   o.log = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
   return o;
 }

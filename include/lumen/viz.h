@@ -43,7 +43,8 @@ struct VizOptions {
   // ADAPT
   int64_t beam_width = 8;
   int64_t beam_shortlist = 0;    // next tokens scored per beam in the beam search; 0: all when V <= 4096, else 256
-  int64_t adapt_candidates = 512;  // mutation candidates per step
+  double beam_budget_share = 0.25;  // at most this share of the budget goes to the beam search
+  int64_t adapt_candidates = 128;   // mutation candidates per step (more steps, more adaptation)
   int64_t adapt_patience = 4;    // steps without improvement before a perturbation
   // GCG
   int64_t gcg_candidates = 512, gcg_topk = 256, gcg_steps = 250;

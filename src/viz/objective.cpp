@@ -131,9 +131,14 @@ std::vector<Score> Objective::evaluate(const std::vector<Seq>& seqs_in, std::vec
     auto tokens = tokens_of(chunk);  // [n,T+1]
     torch::Tensor logits;
     auto site = run(tokens, {}, nullptr, need_ce_, &logits);
-    auto [act, pre] = feature(site);  // [n,T+1]
+    // A last-token target needs the SAE at one position only (13x less encoder work at len 12).
+    const bool last_only = target_.position == VizTarget::Position::Last && !token_acts;
+    auto [act, pre] = feature(last_only ? site.narrow(1, T, 1) : site);  // [n,T+1] (or [n,1])
     torch::Tensor a, p;
-    if (target_.position == VizTarget::Position::Last) {
+    if (last_only) {
+      a = act.select(1, 0);
+      p = pre.select(1, 0);
+    } else if (target_.position == VizTarget::Position::Last) {
       a = act.select(1, T);
       p = pre.select(1, T);
     } else {

@@ -108,7 +108,7 @@ std::vector<Member> beam_init(Objective& obj, Seen& seen, int64_t len, std::mt19
   int64_t K = o.beam_shortlist > 0 ? std::min(o.beam_shortlist, all_ok) : (obj.vocab() <= 4096 ? all_ok : 256);
   // The beam search gets at most half of the budget: about len * W * K tokens (plus the prefixes).
   // A small budget first narrows the shortlist (to 16 by gradient), then the beam.
-  const double half = 0.5 * static_cast<double>(obj.remaining());
+  const double half = o.beam_budget_share * static_cast<double>(obj.remaining());
   auto cost = [&](double w, double k) { return len * w * k + w * (len + 1) * (len + 2) / 2.0; };
   if (cost(W, K) > half) K = std::max<int64_t>(16, static_cast<int64_t>((half - cost(W, 0)) / (len * double(W))));
   while (W > 1 && cost(W, K) > half) --W;

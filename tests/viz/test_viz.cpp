@@ -175,7 +175,9 @@ TEST(Viz, BeamSearchIsExactForOneToken) {
   for (int64_t latent : {3, 40}) {
     lumen::VizOptions o;
     o.len = 1;
-    o.budget_tokens = 700;  // the beam step alone (all tokens of one position), no mutation
+    o.beam_width = 1;
+    o.beam_budget_share = 1.0;  // room for every token of the one position (no gradient shortlist)
+    o.budget_tokens = 2000;
     auto r = lumen::visualize(fx.model, fx.target(latent), o);
     ASSERT_FALSE(r.best.empty());
     // Brute force over every single token.
