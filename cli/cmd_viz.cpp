@@ -202,9 +202,10 @@ void demo_viz(const lumen::Model& model, const std::vector<lumen::Sae>& saes, co
   const std::string src = sae.config().hook_name + ".sae";
   std::printf("\n-- feature visualization: ADAPT (budget 40000 forward tokens, length 10) next to dataset contexts\n");
   int shown = 0;
-  for (const auto& [f, density] : store.top(src, "density", 40)) {
+  for (const auto& [f, density] : store.top(src, "density", store.n_features(src))) {
     if (shown >= 3) break;
-    if (density > 0.05) continue;  // skip the near-dense latents: sparse ones make clearer pictures
+    // Sparse but not rare latents (0.1% to 2% of tokens) make the clearest pictures.
+    if (density > 0.02 || density < 0.001) continue;
     ++shown;
     lumen::VizTarget tg;
     tg.hook = sae.config().hook_name;
