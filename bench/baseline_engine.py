@@ -107,7 +107,7 @@ class Llama:
     def new_cache(self, batch, capacity):
         return KVCache(self.L, batch, self.K, capacity, self.E)
 
-    def forward(self, tokens=None, embeds=None, cache=None):
+    def forward(self, tokens=None, embeds=None, cache=None, hidden=None):
         import torch
         import torch.nn.functional as F
         x = F.embedding(tokens, self.embed) if embeds is None else embeds  # [B,T,D]
@@ -138,6 +138,8 @@ class Llama:
             x = x + F.linear(z.transpose(1, 2).reshape(B, T, H * E), w["wo"])
             h = self.rms_norm(x, w["ln2"])
             x = x + F.linear(F.silu(F.linear(h, w["wg"])) * F.linear(h, w["wu"]), w["wd"])
+            if hidden is not None:  # HF's output_hidden_states: blocks.l.hook_resid_post
+                hidden.append(x)
         if cache is not None:
             cache.length = Tk
         return F.linear(self.rms_norm(x, self.norm), self.head)  # [B,T,V]

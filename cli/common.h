@@ -15,6 +15,10 @@
 #include "lumen/error.h"
 #include "lumen/model.h"
 
+namespace lumen {
+class Sae;
+}
+
 namespace lumen_cli {
 
 using lumen::Error;
@@ -99,5 +103,9 @@ void add_scope_commands(CLI::App& app, int& rc);
 void add_flags_commands(CLI::App& app, int& rc);
 void add_features_commands(CLI::App& app, int& rc);
 void add_toy_commands(CLI::App& app, int& rc);
+void add_viz_commands(CLI::App& app, int& rc);
+
+// ADAPT on three latents of the middle SAE, each next to its top dataset contexts (make demo).
+void demo_viz(const lumen::Model& model, const std::vector<lumen::Sae>& saes, const std::string& store);
 
 }  // namespace lumen_cli
