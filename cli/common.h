@@ -98,5 +98,19 @@ void add_sae_commands(CLI::App& app, int& rc);
 void add_scope_commands(CLI::App& app, int& rc);
 void add_flags_commands(CLI::App& app, int& rc);
 void add_features_commands(CLI::App& app, int& rc);
+void add_circuit_commands(CLI::App& app, int& rc);  // also creates the `toy` group
+void add_toy_sva_command(CLI::App& toy, int& rc);   // `toy sva`
+
+}  // namespace lumen_cli
+
+namespace lumen {
+class Sae;
+}
+
+namespace lumen_cli {
+
+// Builds one small agreement circuit (template pairs, one SAE, AtP) and writes its HTML to out_dir.
+void demo_circuit(const lumen::Model& model, const std::vector<lumen::Sae>& saes, const std::string& store,
+                  const std::string& out_dir);
 
 }  // namespace lumen_cli

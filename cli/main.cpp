@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   lumen_cli::add_scope_commands(app, rc);
   lumen_cli::add_flags_commands(app, rc);
   lumen_cli::add_features_commands(app, rc);
+  lumen_cli::add_circuit_commands(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
