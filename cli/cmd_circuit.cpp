@@ -10,7 +10,7 @@ namespace {
 struct CircuitArgs {
   std::vector<std::string> saes;
   std::string data, templ, construction = "simple", method = "ig", out = "circuit_out", store;
-  int64_t n = 128, limit = -1, steps = 10, batch = 32, exact = 32, max_edge_nodes = 64;
+  int64_t n = 128, limit = -1, steps = 10, batch = 16, exact = 32, max_edge_nodes = 64;
   double node_threshold = 0.1, edge_threshold = 0.01;
   bool keep_positions = false;
   uint64_t seed = 0;
@@ -58,7 +58,7 @@ int cmd_circuit(const ModelArgs& ma, const CircuitArgs& a) {
   print_result(r);
   const auto readout = lumen::number_readout(model, saes, data, r);
   if (!readout.empty() && readout[0].prompts > 0) {
-    std::printf("what the top latents read at the last prefix position (Pearson r over %lld prompts):\n",
+    std::printf("what the top latents read, summed over the prefix (Pearson r over %lld prompts):\n",
                 (long long)readout[0].prompts);
     std::printf("  %-32s %9s %11s %13s\n", "latent", "effect", "r(subject)", "r(distractor)");
     for (const auto& x : readout)

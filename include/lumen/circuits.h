@@ -70,7 +70,7 @@ struct CircuitOptions {
   bool keep_positions = false;   // nodes per (site, position, latent) instead of summed over positions
   double node_threshold = 0.1;   // |mean effect per example| to enter the circuit
   double edge_threshold = 0.01;  // |mean edge weight per example| to be drawn
-  int64_t batch = 32;            // examples per forward pass (each runs as 2 rows: one per answer)
+  int64_t batch = 16;            // pairs per forward pass (2 rows each; IG: x ig_steps). See docs: IG and batch size
   int64_t max_edge_nodes = 64;   // downstream circuit nodes whose incoming edges are computed
   int64_t exact_nodes = 32;      // nodes patched exactly, on the first batch, to check the estimates (0: skip)
   // Node thresholds of the faithfulness curve; empty: chosen so the circuit has 1, 2, 5, 10, ... nodes.
@@ -125,15 +125,15 @@ struct CircuitResult {
 CircuitResult find_circuit(const Model& model, const std::vector<Sae>& saes, const SvaData& data,
                            const CircuitOptions& opt = {});
 
-// Clean activations of latents [N, S] at the last prefix position of each clean prompt and of its
-// patch prompt, for checking what a feature reads (e.g. subject vs distractor number).
+// Activations of latents [N, S] summed over each clean prompt's prefix positions and its patch
+// prompt's, for checking what a feature reads (e.g. subject vs distractor number).
 struct LatentReadout {
   at::Tensor clean, patch;      // [N, S] float32, CPU
   std::vector<int64_t> example;  // row -> index into data.examples (rows are grouped by length)
 };
 LatentReadout latent_readout(const Model& model, const Sae& sae, const SvaData& data, int64_t batch = 64);
 
-// What the circuit's strongest latents read at the last prefix position, over clean and patch
+// What the circuit's strongest latents read (summed over the prefix), over clean and patch
 // prompts: Pearson r of the activation with the subject's number and with the distractor's (±1),
 // both taken from the pair's "case" ("singular", "plural_singular": subject_distractor, as in
 // ../shared/data/sva; the patch prompt flips the subject). Pairs whose case does not parse are skipped.

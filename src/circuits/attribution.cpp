@@ -490,7 +490,7 @@ class Attributor {
 
   void log(const std::string& s) const {
     if (opt_.log) opt_.log(s);
-    else std::fprintf(stderr, "\r%-70s", s.c_str());
+    else std::fprintf(stderr, "\r%-70s", s.c_str());  // one line that updates in a terminal
   }
 
   const Model& model_;
@@ -525,7 +525,8 @@ LatentReadout latent_readout(const Model& model, const Sae& sae, const SvaData& 
       attach(h, sae, SpliceMode::WithError);
       h.cache(sae_hook_acts(sae.config().hook_name));
       lumen::circuits::forward_with(model, r.tokens.to(model.device()), h);
-      auto a = h.get(sae_hook_acts(sae.config().hook_name)).index({F::Slice(F::None, F::None, 2), r.T - 1});
+      // Summed over the prefix (BOS included: it is the same in every prompt), like a summed node.
+      auto a = h.get(sae_hook_acts(sae.config().hook_name)).index({F::Slice(F::None, F::None, 2), F::Slice(F::None, r.T)}).sum(1);
       (side == 0 ? cs : ps).push_back(a.to(torch::kCPU, torch::kFloat));
     }
     for (auto* e : b) out.example.push_back(e - data.examples.data());

@@ -168,7 +168,8 @@ void label_circuit(CircuitResult& c, const std::string& store_path) {
     std::vector<std::string> order;
     for (const auto& ctx : info.contexts) {
       if (ctx.position < 0 || ctx.position >= static_cast<int64_t>(ctx.pieces.size())) continue;
-      const std::string& p = ctx.pieces[ctx.position];
+      std::string p;
+      for (char ch : ctx.pieces[ctx.position]) p += ch == '\n' ? std::string("\\n") : std::string(1, ch);
       if (count[p]++ == 0) order.push_back(p);
     }
     std::stable_sort(order.begin(), order.end(), [&](const auto& a, const auto& b) { return count[a] > count[b]; });
