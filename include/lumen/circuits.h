@@ -70,7 +70,7 @@ struct CircuitOptions {
   bool keep_positions = false;   // nodes per (site, position, latent) instead of summed over positions
   double node_threshold = 0.1;   // |mean effect per example| to enter the circuit
   double edge_threshold = 0.01;  // |mean edge weight per example| to be drawn
-  int64_t batch = 16;            // pairs per forward pass (2 rows each; IG: x ig_steps). See docs: IG and batch size
+  int64_t batch = 16;            // pairs per forward pass (2 rows each; IG: x ig_steps)
   int64_t max_edge_nodes = 64;   // downstream circuit nodes whose incoming edges are computed
   int64_t exact_nodes = 32;      // nodes patched exactly, on the first batch, to check the estimates (0: skip)
   // Node thresholds of the faithfulness curve; empty: chosen so the circuit has 1, 2, 5, 10, ... nodes.
