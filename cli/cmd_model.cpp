@@ -180,6 +180,7 @@ void demo_saes_and_features(const lumen::Model& model, const DemoArgs& d) {
     std::fputs(lumen::render_feature_dashboard(fs.info(src, f), isatty(STDOUT_FILENO)).c_str(), stdout);
   }
   demo_viz(model, saes, store);
+  demo_circuit(model, saes, store, d.work_dir + "/circuit");
 }
 
 int cmd_demo(const ModelArgs& ma, const DemoArgs& da) {

@@ -104,8 +104,12 @@ void add_flags_commands(CLI::App& app, int& rc);
 void add_features_commands(CLI::App& app, int& rc);
 void add_toy_commands(CLI::App& app, int& rc);
 void add_viz_commands(CLI::App& app, int& rc);
+void add_circuit_commands(CLI::App& app, int& rc);
 
 // ADAPT on three latents of the middle SAE, each next to its top dataset contexts (make demo).
 void demo_viz(const lumen::Model& model, const std::vector<lumen::Sae>& saes, const std::string& store);
+// Builds one small agreement circuit (template pairs, one SAE, AtP) and writes its HTML to out_dir.
+void demo_circuit(const lumen::Model& model, const std::vector<lumen::Sae>& saes, const std::string& store,
+                  const std::string& out_dir);
 
 }  // namespace lumen_cli

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   lumen_cli::add_features_commands(app, rc);
   lumen_cli::add_toy_commands(app, rc);
   lumen_cli::add_viz_commands(app, rc);
+  lumen_cli::add_circuit_commands(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
