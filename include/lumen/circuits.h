@@ -19,6 +19,10 @@ namespace lumen {
 // number, the answers are the verb forms that agree with each.
 struct SvaPair {
   std::string clean_prefix, patch_prefix, clean_answer, patch_answer, kind;  // kind: the "case" field
+  // Optional (the model organism's sva_test.jsonl has them): the grammar construction and the word
+  // indices (0-based, in the prefix) of the noun the verb agrees with and of the distractor (-1: none).
+  std::string construction;
+  int64_t controller_word = -1, distractor_word = -1;
 };
 
 // Reads JSONL (clean_prefix, patch_prefix, clean_answer, patch_answer[, case]); limit < 0: all.

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "lumen/circuits.h"  // SvaPair, load_sva_jsonl
+
 namespace lumen {
 
 class Model;
@@ -24,16 +26,6 @@ class Model;
 //   across_orc  The dog that the cats chase | runs         (object relative clause)
 //   within_orc  The dog that the cats | chase              (controller = the clause's subject)
 const std::vector<std::string>& sva_constructions();
-
-// One agreement test pair in the schema of ../shared/data/sva, plus where the nouns are.
-struct SvaPair {
-  std::string clean_prefix, patch_prefix;  // differ only in the controller's number
-  std::string clean_answer, patch_answer;  // " runs" / " run": the verb agreeing with each prefix
-  std::string case_name;                   // "<controller number>_<distractor number>" ("singular" for simple)
-  std::string construction;                // one of sva_constructions()
-  int64_t controller_word = -1;            // word index (0-based, in the prefix) of the agreeing noun
-  int64_t distractor_word = -1;            // word index of the distractor noun; -1 when none
-};
 
 struct SvaSentence {
   std::string text;  // "The dog near the cats runs ."
@@ -72,7 +64,6 @@ void write_word_tokenizer(const std::vector<std::string>& words, const std::stri
 // JSONL, one pair per line: clean_prefix, patch_prefix, clean_answer, patch_answer, case, plus
 // construction, controller_word, distractor_word.
 void write_sva_pairs(const std::vector<SvaPair>& pairs, const std::string& path);
-std::vector<SvaPair> read_sva_pairs(const std::string& path);
 
 // ---- model --------------------------------------------------------------------------------------
 

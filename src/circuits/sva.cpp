@@ -37,6 +37,9 @@ std::vector<SvaPair> load_sva_jsonl(const std::string& path, int64_t limit) {
     p.clean_answer = j["clean_answer"];
     p.patch_answer = j["patch_answer"];
     if (j.contains("case") && j["case"].is_string()) p.kind = j["case"];
+    p.construction = j.value("construction", p.kind);
+    p.controller_word = j.value("controller_word", int64_t{-1});
+    p.distractor_word = j.value("distractor_word", int64_t{-1});
     out.push_back(std::move(p));
   }
   require(!out.empty(), ErrorKind::Format, "agreement data '" + path + "' holds no pairs");

@@ -220,7 +220,7 @@ SvaCorpus make_sva_corpus(const SvaGrammarOptions& opt) {
       if (held.count(p.clean_prefix) || held.count(p.patch_prefix)) continue;
       p.clean_answer = " " + d.words[v];
       p.patch_answer = " " + flip_word(d.words[v]);
-      p.case_name = c == "simple" ? number_name(d.controller_plural)
+      p.kind = c == "simple" ? number_name(d.controller_plural)
                                   : number_name(d.controller_plural) + "_" + number_name(d.distractor_plural);
       p.construction = c;
       p.controller_word = d.controller_word;
@@ -339,40 +339,11 @@ void write_sva_pairs(const std::vector<SvaPair>& pairs, const std::string& path)
     for (const auto& p : pairs) {
       json j = {{"clean_prefix", p.clean_prefix}, {"patch_prefix", p.patch_prefix},
                 {"clean_answer", p.clean_answer}, {"patch_answer", p.patch_answer},
-                {"case", p.case_name},           {"construction", p.construction},
+                {"case", p.kind},           {"construction", p.construction},
                 {"controller_word", p.controller_word}, {"distractor_word", p.distractor_word}};
       o << j.dump() << "\n";
     }
   });
-}
-
-std::vector<SvaPair> read_sva_pairs(const std::string& path) {
-  std::istringstream in(read_file(path));
-  std::vector<SvaPair> out;
-  int64_t line_no = 0;
-  for (std::string line; std::getline(in, line);) {
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
-      json j = json::parse(line);
-      SvaPair p;
-      p.clean_prefix = j.at("clean_prefix").get<std::string>();
-      p.patch_prefix = j.at("patch_prefix").get<std::string>();
-      p.clean_answer = j.at("clean_answer").get<std::string>();
-      p.patch_answer = j.at("patch_answer").get<std::string>();
-      p.case_name = j.value("case", "");
-      p.construction = j.value("construction", p.case_name);
-      p.controller_word = j.value("controller_word", int64_t{-1});
-      p.distractor_word = j.value("distractor_word", int64_t{-1});
-      out.push_back(std::move(p));
-    } catch (const json::exception& e) {
-      throw Error(ErrorKind::Arg, path + ":" + std::to_string(line_no) +
-                                      ": expected a JSON object with clean_prefix, patch_prefix, clean_answer, patch_answer (" +
-                                      e.what() + ")");
-    }
-  }
-  require(!out.empty(), ErrorKind::Arg, path + ": no agreement pairs found");
-  return out;
 }
 
 }  // namespace lumen

@@ -58,7 +58,7 @@ TEST(SvaGrammar, TestPairsDifferOnlyInTheControllersNumber) {
       ASSERT_GE(p.distractor_word, 0);
       ASSERT_TRUE(lumen::sva_is_noun(a[p.distractor_word])) << p.clean_prefix;
       EXPECT_NE(lumen::sva_number(a[p.distractor_word]), lumen::sva_number(cn)) << p.clean_prefix;
-      EXPECT_EQ(p.case_name, std::string(lumen::sva_number(cn) ? "plural" : "singular") + "_" +
+      EXPECT_EQ(p.kind, std::string(lumen::sva_number(cn) ? "plural" : "singular") + "_" +
                                  (lumen::sva_number(a[p.distractor_word]) ? "plural" : "singular"));
     }
   }
@@ -194,7 +194,7 @@ TEST(SvaOrganism, ReducedRunResumesLoadsAndAgreesFarAboveChance) {
 
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "corpus.txt", "sva_test.jsonl", "organism.json"})
     EXPECT_TRUE(lumen::file_exists(dir + "/" + f)) << f;
-  auto pairs = lumen::read_sva_pairs(dir + "/sva_test.jsonl");
+  auto pairs = lumen::load_sva_jsonl(dir + "/sva_test.jsonl");
   EXPECT_EQ(pairs.size(), lumen::make_sva_corpus([&] {
                             auto g = o.grammar;
                             g.seed = o.seed;
