@@ -3,9 +3,13 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <string>
 #include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 namespace lumen_test {
 
@@ -27,6 +31,31 @@ inline std::string temp_dir(const std::string& tag) {
   std::string tmpl = std::string(::testing::TempDir()) + "lumen_" + tag + "_XXXXXX";
   char* made = ::mkdtemp(tmpl.data());
   return made ? std::string(made) : std::string("/tmp");
+}
+
+// The lumen binary under test: LUMEN_CLI (set by ctest), else the build folder's.
+inline std::string cli_path() {
+  const char* p = std::getenv("LUMEN_CLI");
+  return p && *p ? std::string(p) : std::string(LUMEN_BINARY_DIR) + "/lumen";
+}
+
+struct CliRun {
+  int code;  // exit status, or 128 + signal
+  std::string out, err;
+};
+
+// Runs `lumen ARGS` through the shell (ARGS is quoted by the caller) and captures both streams.
+inline CliRun run_cli(const std::string& args) {
+  const std::string dir = temp_dir("cli");
+  const std::string cmd = cli_path() + " " + args + " >" + dir + "/out 2>" + dir + "/err";
+  const int status = std::system(cmd.c_str());
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(dir + "/out"), slurp(dir + "/err")};
 }
 
 }  // namespace lumen_test

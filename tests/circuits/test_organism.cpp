@@ -139,20 +139,8 @@ TEST(SvaTokenizer, EveryWordIsOneTokenAndTextRoundTrips) {
   EXPECT_EQ(tok->decode(ids), "The zebra runs");
 }
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
-CliRun run_cli(const std::string& args) {
-  const char* p = std::getenv("LUMEN_CLI");
-  const std::string cli = p ? p : std::string(LUMEN_BINARY_DIR) + "/lumen";
-  const std::string dir = lumen_test::temp_dir("svacli");
-  const std::string cmd = cli + " " + args + " >" + dir + "/out 2>" + dir + "/err";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), lumen::read_file(dir + "/out"),
-          lumen::read_file(dir + "/err")};
-}
+using lumen_test::CliRun;
+using lumen_test::run_cli;
 
 // A reduced organism (2 layers, d_model 32, a few hundred steps), trained in two runs: the first
 // stops half way, the second resumes. Its checkpoint is an ordinary model folder.

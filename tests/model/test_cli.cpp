@@ -15,24 +15,9 @@ namespace {
 
 using lumen_test::shared_path;
 
-struct Run {
-  int code;
-  std::string out, err;
-};
-
-std::string cli() {
-  const char* p = std::getenv("LUMEN_CLI");
-  return p ? p : std::string(LUMEN_BINARY_DIR) + "/lumen";
-}
-
-Run run(const std::string& args) {
-  const std::string dir = lumen_test::temp_dir("cli");
-  const std::string out = dir + "/out", err = dir + "/err";
-  const std::string cmd = cli() + " " + args + " >" + out + " 2>" + err;
-  int status = std::system(cmd.c_str());
-  Run r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), lumen::read_file(out), lumen::read_file(err)};
-  return r;
-}
+using Run = lumen_test::CliRun;
+using lumen_test::cli_path;
+Run run(const std::string& args) { return lumen_test::run_cli(args); }
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
 

@@ -529,20 +529,8 @@ TEST(SaeTrain, JsonlCorpusAndBosDropping) {
 
 // ---- the CLI ----------------------------------------------------------------------------------
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
-CliRun run_cli(const std::string& args) {
-  const char* p = std::getenv("LUMEN_CLI");
-  const std::string exe = p ? p : std::string(LUMEN_BINARY_DIR) + "/lumen";
-  const std::string dir = lumen_test::temp_dir("sae_cli");
-  const std::string cmd = exe + " " + args + " >" + dir + "/out 2>" + dir + "/err";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), lumen::read_file(dir + "/out"),
-          lumen::read_file(dir + "/err")};
-}
+using lumen_test::CliRun;
+using lumen_test::run_cli;
 
 TEST(SaeCli, TrainThenEvalJsonAndOneLineErrors) {
   LUMEN_REQUIRE_SHARED(kModel);

@@ -229,20 +229,7 @@ TEST(Viz, BadInputIsAnError) {
 
 // ---- the CLI contract: `viz --json` ids reproduce the activation through `lumen cache` ----------
 
-struct Run {
-  int code;
-  std::string out, err;
-};
-
-Run run(const std::string& args) {
-  const char* p = std::getenv("LUMEN_CLI");
-  const std::string cli = p ? p : std::string(LUMEN_BINARY_DIR) + "/lumen";
-  const std::string dir = lumen_test::temp_dir("vizcli");
-  const std::string cmd = cli + " " + args + " >" + dir + "/out 2>" + dir + "/err";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), lumen::read_file(dir + "/out"),
-          lumen::read_file(dir + "/err")};
-}
+using lumen_test::run_cli;
 
 TEST(VizCli, JsonIdsReproduceThroughCache) {
   LUMEN_REQUIRE_SHARED("models/stories260K");
@@ -252,7 +239,7 @@ TEST(VizCli, JsonIdsReproduceThroughCache) {
   const std::string bin = shared_path("models/stories260K/stories260K.bin");
   for (const char* method : {"adapt", "gcg"}) {
     for (const char* position : {"last", "max"}) {
-      auto r = run("viz '" + bin + "' --sae '" + dir + "/sae' --latent 33 --method " + method + " --position " + position +
+      auto r = run_cli("viz '" + bin + "' --sae '" + dir + "/sae' --latent 33 --method " + method + " --position " + position +
                    " --len 6 --budget 8000 --seed 4 -n 2 --json");
       ASSERT_EQ(r.code, 0) << r.err;
       auto j = nlohmann::json::parse(r.out);
@@ -266,7 +253,7 @@ TEST(VizCli, JsonIdsReproduceThroughCache) {
         std::string ids;
         for (const auto& id : b["ids"]) ids += (ids.empty() ? "" : " ") + std::to_string(id.get<int>());
         const std::string out = dir + "/c.safetensors";
-        auto c = run("cache '" + bin + "' --ids '" + ids + "' --hooks blocks.3.hook_resid_post --out '" + out + "'");
+        auto c = run_cli("cache '" + bin + "' --ids '" + ids + "' --hooks blocks.3.hook_resid_post --out '" + out + "'");
         ASSERT_EQ(c.code, 0) << c.err;
         auto acts = fx.sae.encode(lumen::TensorStore::open(out).get("blocks.3.hook_resid_post")).select(-1, 33);
         const double want = std::string(position) == "last" ? acts[-1].item<double>()
@@ -275,7 +262,7 @@ TEST(VizCli, JsonIdsReproduceThroughCache) {
       }
     }
   }
-  auto bad = run("viz '" + bin + "' --sae '" + dir + "/sae' --latent 33 --method annealing");
+  auto bad = run_cli("viz '" + bin + "' --sae '" + dir + "/sae' --latent 33 --method annealing");
   EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.err.find("annealing"), std::string::npos) << bad.err;
 }
