@@ -10,7 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "lumen/circuits.h"
 #include "lumen/circuits_organism.h"
+#include "lumen/sae.h"
 #include "lumen/error.h"
 #include "lumen/files.h"
 #include "lumen/model.h"
@@ -143,8 +145,9 @@ using lumen_test::CliRun;
 using lumen_test::run_cli;
 
 // A reduced organism (2 layers, d_model 32, a few hundred steps), trained in two runs: the first
-// stops half way, the second resumes. Its checkpoint is an ordinary model folder.
-TEST(SvaOrganism, ReducedRunResumesLoadsAndAgreesFarAboveChance) {
+// stops half way, the second resumes. Its checkpoint is an ordinary model folder, and the circuit
+// found in it is faithful with a few latents that read the subject's number.
+TEST(SvaOrganism, ReducedRunResumesLoadsAgreesAndItsCircuitReadsTheSubject) {
   const std::string dir = lumen_test::temp_dir("svaorg");
   lumen::OrganismOptions o;
   o.out_dir = dir;
@@ -206,6 +209,43 @@ TEST(SvaOrganism, ReducedRunResumesLoadsAndAgreesFarAboveChance) {
   auto gen = run_cli("generate " + dir + " --prompt 'The dogs near the cat' --max-tokens 4");
   EXPECT_EQ(gen.code, 0) << gen.err;
   EXPECT_NE(gen.out.find("The dogs near the cat"), std::string::npos) << gen.out;
+
+  // The known answer: an SAE on the last residual stream, trained on corpus.txt, and the circuit
+  // for the constructions this short run has learnt (the subject controls the verb in each).
+  lumen::TrainOptions so;
+  so.sae.arch = lumen::SaeArch::TopK;
+  so.sae.k = 4;
+  so.sae.d_sae = 64;
+  so.sae.hook_name = "blocks.1.hook_resid_post";
+  so.data.corpus = dir + "/corpus.txt";
+  so.data.ctx_len = 48;
+  so.data.batch_tokens = 512;
+  so.data.buffer_tokens = 8192;
+  so.total_tokens = 60000;
+  so.lr = 3e-3;
+  so.log = [](const std::string&) {};
+  auto sae = lumen::train_sae(m, so).sae;
+  std::vector<lumen::SvaPair> learnt;
+  for (const auto& p : pairs)
+    if (p.construction == "simple" || p.construction == "across_pp" || p.construction == "across_orc") learnt.push_back(p);
+  auto data = lumen::tokenize_sva(m, learnt);
+  lumen::CircuitOptions co;
+  co.method = lumen::AttributionMethod::IG;
+  co.log = [](const std::string&) {};
+  auto circuit = lumen::find_circuit(m, {sae}, data, co);
+  EXPECT_GT(circuit.accuracy, 0.95);
+  // Faithful with a handful of latents...
+  double best_small = -1;
+  for (const auto& pt : circuit.curve)
+    if (pt.n_nodes <= 10) best_small = std::max(best_small, pt.faithfulness);
+  EXPECT_GE(best_small, 0.9) << "no circuit of <= 10 nodes is 90% faithful";
+  // ...whose strongest latents read the subject's number, not the distractor's.
+  auto reads = lumen::number_readout(m, {sae}, data, circuit, 5);
+  ASSERT_FALSE(reads.empty());
+  for (const auto& r : reads) {
+    EXPECT_GT(std::abs(r.r_subject), 0.6) << r.id;
+    EXPECT_LT(std::abs(r.r_distractor), 0.3) << r.id;
+  }
 }
 
 TEST(SvaOrganism, BadOptionsAreClearErrors) {
