@@ -88,9 +88,9 @@ struct OrganismResult {
   double min_accuracy = 0;
 };
 
-// Accuracy on pairs: a prompt is right when its own answer's logit beats the other answer's
-// (each answer is one token of the organism's vocabulary; checked). Per construction + "all".
-std::map<std::string, double> sva_accuracy(const Model& model, const std::vector<SvaPair>& pairs);
+// Agreement accuracy on pairs with the circuits' word-level scoring (sva_accuracy in circuits.h),
+// per construction and over all pairs ("all").
+std::map<std::string, double> sva_accuracy_by_construction(const Model& model, const std::vector<SvaPair>& pairs);
 
 // Generates the corpus, builds and trains the model and writes out_dir: config.json,
 // model.safetensors, tokenizer.json (an ordinary HF llama checkpoint), corpus.txt, heldout.txt,

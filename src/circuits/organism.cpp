@@ -99,45 +99,20 @@ torch::Tensor batch_windows(const std::vector<std::vector<int32_t>>& sents, int3
 
 }  // namespace
 
-std::map<std::string, double> sva_accuracy(const Model& model, const std::vector<SvaPair>& pairs) {
-  torch::NoGradGuard ng;
-  const Tokenizer& tok = model.require_tokenizer();
-  struct Prompt { std::vector<int32_t> ids; int64_t right, wrong; std::string construction; };
-  auto one_token = [&](const std::string& answer) -> int64_t {
-    auto ids = tok.encode(answer, false);
-    require(ids.size() == 1, ErrorKind::Tokenizer,
-            "sva accuracy: answer '" + answer + "' is " + std::to_string(ids.size()) +
-                " tokens; the organism's scoring expects one token per answer");
-    return ids[0];
-  };
-  std::vector<Prompt> prompts;
-  for (const auto& p : pairs) {
-    const int64_t c = one_token(p.clean_answer), x = one_token(p.patch_answer);
-    prompts.push_back({tok.encode(p.clean_prefix, tok.adds_bos_by_default()), c, x, p.construction});
-    prompts.push_back({tok.encode(p.patch_prefix, tok.adds_bos_by_default()), x, c, p.construction});
-  }
-  std::map<std::string, std::pair<int64_t, int64_t>> count;  // construction -> (right, total)
-  const int64_t chunk = 256;
-  for (size_t s = 0; s < prompts.size(); s += chunk) {
-    const size_t e = std::min(prompts.size(), s + chunk);
-    int64_t T = 0;
-    for (size_t i = s; i < e; ++i) T = std::max<int64_t>(T, prompts[i].ids.size());
-    // Right padding: causal attention keeps the padding out of every real position.
-    auto tokens = torch::zeros({static_cast<int64_t>(e - s), T}, torch::kLong);
-    for (size_t i = s; i < e; ++i)
-      for (size_t t = 0; t < prompts[i].ids.size(); ++t) tokens[i - s][t] = prompts[i].ids[t];
-    auto logits = model.forward(tokens.to(model.device())).to(torch::kCPU, torch::kFloat);  // [B,T,V]
-    for (size_t i = s; i < e; ++i) {
-      auto last = logits[i - s][prompts[i].ids.size() - 1];
-      const bool ok = last[prompts[i].right].item<float>() > last[prompts[i].wrong].item<float>();
-      for (const std::string& key : {prompts[i].construction, std::string("all")}) {
-        count[key].first += ok;
-        count[key].second += 1;
-      }
-    }
-  }
+std::map<std::string, double> sva_accuracy_by_construction(const Model& model, const std::vector<SvaPair>& pairs) {
+  // The circuits' word-level scoring, per construction and over all pairs (weighted by pairs).
+  std::map<std::string, std::vector<SvaPair>> groups;
+  for (const auto& p : pairs) groups[p.construction].push_back(p);
   std::map<std::string, double> acc;
-  for (auto& kv : count) acc[kv.first] = static_cast<double>(kv.second.first) / kv.second.second;
+  double right = 0;
+  int64_t n = 0;
+  for (const auto& [construction, group] : groups) {
+    const auto r = sva_accuracy(model, tokenize_sva(model, group));
+    acc[construction] = r.accuracy;
+    right += r.accuracy * r.examples;
+    n += r.examples;
+  }
+  acc["all"] = n > 0 ? right / n : 0.0;
   return acc;
 }
 
@@ -279,7 +254,7 @@ OrganismResult train_sva_organism(const OrganismOptions& opt_in) {
       t_log = now;
       step_log = step + 1;
       res.final_loss = loss_sum / loss_n;
-      auto acc = sva_accuracy(model, corpus.test);
+      auto acc = sva_accuracy_by_construction(model, corpus.test);
       char buf[256];
       std::snprintf(buf, sizeof buf, "toy sva-transformer: step %lld/%lld loss %.4f agreement %.3f (%.1f steps/s)",
                     static_cast<long long>(step + 1), static_cast<long long>(opt.steps), res.final_loss, acc["all"],
@@ -314,7 +289,7 @@ OrganismResult train_sva_organism(const OrganismOptions& opt_in) {
   });
   write_sva_pairs(corpus.test, join_path(out, "sva_test.jsonl"));
   Model reloaded = Model::load(out, LoadOptions{});
-  res.accuracy = sva_accuracy(reloaded, corpus.test);
+  res.accuracy = sva_accuracy_by_construction(reloaded, corpus.test);
   res.n_parameters = reloaded.num_parameters() - (reloaded.config().tied_embeddings ? V * opt.d_model : 0);
   res.min_accuracy = 1.0;
   json per = json::object();

@@ -198,7 +198,7 @@ TEST(SvaOrganism, ReducedRunResumesLoadsAgreesAndItsCircuitReadsTheSubject) {
   auto m = lumen::Model::load(dir);
   EXPECT_EQ(m.config().n_layers, 2);
   EXPECT_EQ(m.config().d_model, 32);
-  EXPECT_NEAR(lumen::sva_accuracy(m, pairs)["all"], r.accuracy["all"], 1e-12);
+  EXPECT_NEAR(lumen::sva_accuracy_by_construction(m, pairs)["all"], r.accuracy["all"], 1e-12);
   auto info = run_cli("info " + dir);
   EXPECT_EQ(info.code, 0) << info.err;
   EXPECT_NE(info.out.find("hook_resid_post"), std::string::npos) << info.out;
