@@ -50,7 +50,7 @@ if [[ $quick == 0 && $rss_tokens -gt 0 ]]; then
   /usr/bin/time -v "$build/lumen" features harvest "$model" "${saes[@]}" --corpus "$corpus" --tokens "$rss_tokens" \
     --out "$work/rss.db" 2>"$work/rss.log" >/dev/null
   rss=$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' "$work/rss.log")
-  line=$(grep -E "^harvested" "$work/rss.log" || true)
+  line=$(grep -E "^harvest: .* windows" "$work/rss.log" | tail -1 || true)
   printf '\n## Peak RSS of a long harvest\n\n`lumen features harvest` with %d SAEs, --tokens %s: peak RSS %d MB. %s\n' \
     $((${#saes[@]} / 2)) "$rss_tokens" $((rss / 1024)) "$line" | tee -a "$out/sae.md"
 fi
