@@ -13,15 +13,15 @@ struct FlagsTrainArgs {
   std::string concepts, corpus, rules, out, dims;
   int64_t layer = 2, n_dims = 16, steps_write = 200, steps_rely = 1200, batch = 16, seq_len = 128;
   int64_t max_texts = -1, checkpoint_every = 200, log_every = 100;
-  double alpha = 4.0, lr = 3e-3, on_scale = 4.0, supply_rate = 1.0, weight_decay = 0.0;
+  double alpha = 4.0, lr = 3e-3, on_scale = 4.0, supply_rate = 1.0, weight_decay = 0.0, balance = 0.5;
   bool no_supply = false, resume = false;
   uint64_t seed = 0;
 };
 
 struct FlagsEvalArgs {
-  std::string dir, concepts, corpus, prompt = "Once upon a time";
-  int64_t samples = 20, max_tokens = 120, max_texts = 600;
-  double temperature = 0.8;
+  std::string dir, concepts, corpus, prompt = "Once upon a time", control, probe_corpus;
+  int64_t samples = 20, max_tokens = 120, max_texts = 600, probe_texts = 2000;
+  double temperature = 0.8, steer_scale = 1.0;
   uint64_t seed = 0;
   bool json = false;
 };
@@ -65,6 +65,7 @@ int cmd_train(const ModelArgs& ma, const FlagsTrainArgs& a) {
   o.steps_rely = a.steps_rely;
   o.supply_flags = !a.no_supply;
   o.supply_rate = a.supply_rate;
+  o.balance = a.balance;
   o.batch = a.batch;
   o.seq_len = a.seq_len;
   o.lr = a.lr;
@@ -122,6 +123,10 @@ int cmd_eval(const FlagsEvalArgs& a) {
   o.seed = a.seed;
   o.prompt = a.prompt;
   o.max_texts = a.max_texts;
+  o.control = a.control;
+  o.probe_corpus = a.probe_corpus;
+  o.probe_texts = a.probe_texts;
+  o.steer_scale = a.steer_scale;
   auto r = lumen::evaluate_flags(a.dir, held, o);
   std::cout << (a.json ? r.to_json() + "\n" : r.table());
   return 0;
@@ -174,6 +179,8 @@ void add_flags_commands(CLI::App& app, int& rc) {
   train->add_option("--steps-rely", ta->steps_rely, "stage 2 steps: learn to rely on them")->capture_default_str();
   train->add_flag("--no-supply", ta->no_supply, "stage 2 without supplying the true flags");
   train->add_option("--supply-rate", ta->supply_rate, "share of stage-2 batches with true flags supplied")->capture_default_str();
+  train->add_option("--balance", ta->balance, "share of batch rows drawn as positives of a random concept")
+      ->capture_default_str();
   train->add_option("--batch", ta->batch, "texts per step")->capture_default_str();
   train->add_option("--seq-len", ta->seq_len, "tokens per text window")->capture_default_str();
   train->add_option("--lr", ta->lr, "AdamW peak learning rate")->capture_default_str();
@@ -209,6 +216,10 @@ void add_flags_commands(CLI::App& app, int& rc) {
   ev->add_option("--max-texts", ea->max_texts, "held-out texts used")->capture_default_str();
   ev->add_option("--prompt", ea->prompt, "neutral steering prompt")->capture_default_str();
   ev->add_option("--seed", ea->seed, "sampling seed")->capture_default_str();
+  ev->add_option("--control", ea->control, "a fine-tune without flags (--alpha 0 --no-supply): the flags' own cost");
+  ev->add_option("--probe-corpus", ea->probe_corpus, "plain texts that train the erosion probes (default: half the held-out set)");
+  ev->add_option("--probe-texts", ea->probe_texts, "texts read from --probe-corpus")->capture_default_str();
+  ev->add_option("--steer-scale", ea->steer_scale, "force flags to this multiple of on_value")->capture_default_str();
   ev->add_flag("--json", ea->json, "print JSON");
   ev->callback([&rc, ea] { rc = cmd_eval(*ea); });
 

@@ -84,6 +84,7 @@ struct FlagTrainOptions {
   int64_t steps_rely = 1200;     // stage 2: learn to rely on them (true flags supplied)
   bool supply_flags = true;      // stage 2 replaces the flag dims with the true labels
   double supply_rate = 1.0;      // share of stage-2 batches that get the true flags
+  double balance = 0.5;          // share of batch rows drawn as a positive of a uniformly chosen concept
   int64_t batch = 16;
   int64_t seq_len = 128;
   double lr = 3e-3;
@@ -141,8 +142,11 @@ struct FlagEvalOptions {
   uint64_t seed = 0;
   std::string prompt = "Once upon a time";
   int64_t max_texts = 600;       // held-out texts used for read-out, loss and reliance
-  std::string probe_corpus;      // texts that train the erosion probes (default: the spec's rules over
-                                 // the first max_texts of this path); empty: half the held-out set
+  std::string probe_corpus;      // plain texts (labelled by the spec's rules) that train the erosion
+                                 // probes, which then test on the held-out set; empty: half/half held-out
+  int64_t probe_texts = 2000;    // texts read from probe_corpus
+  std::string control;           // a fine-tune without flags (alpha 0, no supply): its perplexity
+  double steer_scale = 1.0;      // steering forces a flag to steer_scale x on_value
   std::function<void(const std::string&)> log;
 };
 
@@ -150,6 +154,7 @@ struct ConceptEval {
   double readout_accuracy = 0, steer_success = 0, base_rate = 0, flag_off_rate = 0, override_success = 0;
   double probe_accuracy_before = 0, probe_accuracy_after = 0;
   double reliance = 0;           // LM loss increase on this concept's texts when the flags are ablated
+  double steer_ce = 0;           // base model's loss per token of the flag-on generations (fluency)
   int64_t positives = 0;
 };
 
@@ -160,6 +165,11 @@ struct FlagEvalResult {
   double loss_base = 0, loss_flagged = 0, loss_ablated = 0;  // over concept texts for the last two
   double reliance_flagged = 0;   // mean loss increase on concept texts, flags mean-ablated
   double reliance_base = 0;      // the same ablation on the base model (control)
+  double supplied_gain = 0;      // concept-text loss drop when the true flags replace the model's own
+  double ppl_control = 0;        // perplexity of FlagEvalOptions::control (0: none given)
+  double base_gen_ce = 0;        // base model's loss per token of its own generations (steer_ce's reference)
+  double flagged_gen_ce = 0;     // ... and of the flagged model's unsteered generations
+  double steer_scale = 1.0;
   std::string to_json() const;   // the contract: {concepts:{name:{...}}, ppl_base, ppl_flagged, ...}
   std::string table() const;
 };

@@ -24,7 +24,8 @@ std::vector<std::string> decode_rows(const Model& model, const GenerateResult& r
 }
 
 // Per-text statistics of one pass over windows: mean-pooled residual at the flag layer and the
-// mean next-token loss, optionally with flag dims replaced by `ablate` values.
+// mean next-token loss, optionally with the flag dims replaced by `forced` [N,K] (row i's values at
+// every position of window i).
 struct PassStats {
   torch::Tensor pooled;    // [N,D] mean over positions >= 1
   torch::Tensor last;      // [N,D] at the last position (the whole window seen)
@@ -33,7 +34,7 @@ struct PassStats {
   torch::Tensor dim_mean;  // [D] mean residual over all positions >= 1
 };
 
-PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& spec, const std::vector<double>* ablate) {
+PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& spec, const torch::Tensor* forced) {
   torch::NoGradGuard ng;
   const int64_t N = w.tokens.size(), D = model.config().d_model;
   PassStats s;
@@ -55,7 +56,13 @@ PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& sp
     }
     HookSet hooks;
     hooks.cache(spec.hook_name());
-    if (ablate) hooks.add(spec.hook_name(), force_dims(spec.dims, *ablate, D));
+    if (forced) {
+      auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
+      auto rows = forced->narrow(0, a, b - a).to(model.device(), torch::kFloat).unsqueeze(1);  // [B,1,K]
+      hooks.add(spec.hook_name(), Intervention::callback([dim_idx, rows](const at::Tensor& x, const HookContext&) {
+        return x.index_fill(2, dim_idx, 0.0).index_add(2, dim_idx, rows.expand({x.size(0), x.size(1), rows.size(2)}).to(x.scalar_type()));
+      }));
+    }
     RunOptions ro;
     ro.hooks = &hooks;
     auto logits = model.forward(tokens.to(model.device()), ro).to(torch::kCPU, torch::kFloat);
@@ -140,6 +147,28 @@ GenerateResult gen(const Model& m, const std::vector<std::vector<int32_t>>& prom
   return generate(m, prompts, go);
 }
 
+// Mean next-token loss of the generated part of each row under `judge` (the base model): how
+// natural the text reads, whoever wrote it, so that steering cannot buy mentions with gibberish.
+double generated_ce(const Model& judge, const GenerateResult& r) {
+  torch::NoGradGuard ng;
+  int64_t T = 0;
+  for (const auto& row : r.tokens) T = std::max<int64_t>(T, row.size());
+  const int64_t B = r.tokens.size();
+  if (B == 0 || T < 2) return 0.0;
+  auto tokens = torch::zeros({B, T}, torch::kLong);
+  auto scored = torch::zeros({B, T - 1}, torch::kFloat);  // 1 where position t+1 is a generated token
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& row = r.tokens[b];
+    const int64_t n = row.size(), first = n - static_cast<int64_t>(r.generated[b].size());
+    for (int64_t t = 0; t < n; ++t) tokens[b][t] = row[t];
+    for (int64_t t = std::max<int64_t>(first, 1); t < n; ++t) scored[b][t - 1] = 1.0f;
+  }
+  auto logits = judge.forward(tokens.to(judge.device())).to(torch::kCPU, torch::kFloat);
+  auto lp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
+  auto nll = -lp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);
+  return ((nll * scored).sum() / scored.sum().clamp_min(1)).item<double>();
+}
+
 }  // namespace
 
 std::vector<std::string> steer(const Model& model, const FlagSpec& spec, const std::string& prompt, const SteerOptions& opt) {
@@ -181,15 +210,16 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   log("flags eval: " + std::to_string(N) + " held-out windows, " + std::to_string(K) + " concepts");
 
   PassStats fb = run_pass(base, w, spec, nullptr), ff = run_pass(flagged, w, spec, nullptr);
-  std::vector<double> mean_f, mean_b;
-  for (auto d : spec.dims) {
-    mean_f.push_back(ff.dim_mean[d].item<double>());
-    mean_b.push_back(fb.dim_mean[d].item<double>());
-  }
+  auto dims_t = torch::tensor(spec.dims, torch::kLong);
+  auto mean_f = ff.dim_mean.index_select(0, dims_t).unsqueeze(0).expand({N, K}).contiguous();
+  auto mean_b = fb.dim_mean.index_select(0, dims_t).unsqueeze(0).expand({N, K}).contiguous();
+  auto truth = spec.off_value + labels * (spec.on_value - spec.off_value);  // [N,K]
   PassStats fa = run_pass(flagged, w, spec, &mean_f), ba = run_pass(base, w, spec, &mean_b);
+  PassStats fs = run_pass(flagged, w, spec, &truth);
 
   FlagEvalResult res;
   res.concepts = spec.concepts;
+  res.steer_scale = opt.steer_scale;
   res.per_concept.assign(K, {});
   auto ppl = [](const PassStats& s) {
     return std::exp(((s.nll * s.ntok).sum() / s.ntok.sum()).item<double>());
@@ -203,12 +233,38 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     res.loss_ablated = fa.nll.index({any}).mean().item<double>();
     res.reliance_flagged = (fa.nll - ff.nll).index({any}).mean().item<double>();
     res.reliance_base = (ba.nll - fb.nll).index({any}).mean().item<double>();
+    res.supplied_gain = (ff.nll - fs.nll).index({any}).mean().item<double>();
+  }
+  if (!opt.control.empty()) {
+    Model control = Model::load(opt.control);
+    res.ppl_control = ppl(run_pass(control, w, spec, nullptr));
   }
 
-  // Erosion probes use every dimension except the flags; train on one half, test on the other.
+  // Erosion probes use every dimension except the flags. They train on the probe corpus's windows
+  // and test on the held-out ones, or, without a probe corpus, on the two halves of the held-out set.
   auto keep = torch::ones({D}, torch::kBool);
   for (auto d : spec.dims) keep[d] = false;
-  const int64_t half = N / 2;
+  using torch::indexing::Slice;
+  torch::Tensor ptr_b, ptr_f, ptr_y, pte_b, pte_f, pte_y;
+  if (!opt.probe_corpus.empty()) {
+    ConceptCorpus pc = align(label_texts(read_texts(opt.probe_corpus, opt.probe_texts), rules), spec);
+    TokenWindows pw = make_windows(flagged, pc, spec.rules, spec.seq_len);
+    ptr_y = torch::zeros({static_cast<int64_t>(pw.tokens.size()), K});
+    for (size_t i = 0; i < pw.tokens.size(); ++i)
+      for (int64_t c = 0; c < K; ++c) ptr_y[i][c] = static_cast<float>(pw.labels[i][c]);
+    ptr_b = run_pass(base, pw, spec, nullptr).pooled;
+    ptr_f = run_pass(flagged, pw, spec, nullptr).pooled;
+    pte_b = fb.pooled, pte_f = ff.pooled, pte_y = labels;
+    log("flags eval: probes train on " + std::to_string(pw.tokens.size()) + " windows of " + opt.probe_corpus);
+  } else {
+    const int64_t half = N / 2;
+    ptr_b = fb.pooled.index({Slice(0, half)}), ptr_f = ff.pooled.index({Slice(0, half)});
+    ptr_y = labels.index({Slice(0, half)});
+    pte_b = fb.pooled.index({Slice(half, N)}), pte_f = ff.pooled.index({Slice(half, N)});
+    pte_y = labels.index({Slice(half, N)});
+  }
+  ptr_b = ptr_b.index({Slice(), keep}), ptr_f = ptr_f.index({Slice(), keep});
+  pte_b = pte_b.index({Slice(), keep}), pte_f = pte_f.index({Slice(), keep});
   for (int64_t c = 0; c < K; ++c) {
     ConceptEval& e = res.per_concept[c];
     auto y = labels.select(1, c);
@@ -216,15 +272,12 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     const double thr = 0.5 * (spec.on_value + spec.off_value);
     e.readout_accuracy = balanced_accuracy(ff.last.select(1, spec.dims[c]) > thr, y);
     if (e.positives > 0) e.reliance = (fa.nll - ff.nll).index({y > 0}).mean().item<double>();
-    auto xb = fb.pooled.index({torch::indexing::Slice(), keep}), xf = ff.pooled.index({torch::indexing::Slice(), keep});
-    using torch::indexing::Slice;
-    e.probe_accuracy_before = probe_accuracy(xb.index({Slice(0, half)}), y.index({Slice(0, half)}),
-                                             xb.index({Slice(half, N)}), y.index({Slice(half, N)}));
-    e.probe_accuracy_after = probe_accuracy(xf.index({Slice(0, half)}), y.index({Slice(0, half)}),
-                                            xf.index({Slice(half, N)}), y.index({Slice(half, N)}));
+    e.probe_accuracy_before = probe_accuracy(ptr_b, ptr_y.select(1, c), pte_b, pte_y.select(1, c));
+    e.probe_accuracy_after = probe_accuracy(ptr_f, ptr_y.select(1, c), pte_f, pte_y.select(1, c));
   }
 
   // Steering: the same seeds for base, flag on and flag off, so the conditions are paired.
+  const double on_steer = spec.off_value + opt.steer_scale * (spec.on_value - spec.off_value);
   const Tokenizer& tok = flagged.require_tokenizer();
   const std::vector<std::vector<int32_t>> prompts(opt.samples, tok.encode(opt.prompt, true));
   auto rate = [&](const std::vector<std::string>& texts, int64_t c) {
@@ -232,15 +285,19 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     for (const auto& t : texts) hit += rule_matches(rules[c], t);
     return texts.empty() ? 0.0 : hit / texts.size();
   };
-  auto base_texts = decode_rows(base, gen(base, prompts, nullptr, opt.max_new_tokens, opt.temperature, opt.seed));
+  const GenerateResult base_gen = gen(base, prompts, nullptr, opt.max_new_tokens, opt.temperature, opt.seed);
+  auto base_texts = decode_rows(base, base_gen);
+  res.base_gen_ce = generated_ce(base, base_gen);
+  res.flagged_gen_ce = generated_ce(base, gen(flagged, prompts, nullptr, opt.max_new_tokens, opt.temperature, opt.seed));
   for (int64_t c = 0; c < K; ++c) {
     ConceptEval& e = res.per_concept[c];
     e.base_rate = rate(base_texts, c);
     for (int on = 0; on < 2; ++on) {
       HookSet hooks;
-      hooks.add(spec.hook_name(), force_dims({spec.dims[c]}, {on ? spec.on_value : spec.off_value}, D));
-      auto texts = decode_rows(flagged, gen(flagged, prompts, &hooks, opt.max_new_tokens, opt.temperature, opt.seed));
-      (on ? e.steer_success : e.flag_off_rate) = rate(texts, c);
+      hooks.add(spec.hook_name(), force_dims({spec.dims[c]}, {on ? on_steer : spec.off_value}, D));
+      const GenerateResult g = gen(flagged, prompts, &hooks, opt.max_new_tokens, opt.temperature, opt.seed);
+      (on ? e.steer_success : e.flag_off_rate) = rate(decode_rows(flagged, g), c);
+      if (on) e.steer_ce = generated_ce(base, g);
     }
     // Overrides: held-out openings (first sentence) that name another concept and not this one.
     std::vector<std::vector<int32_t>> op;
@@ -255,7 +312,7 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     }
     if (!op.empty()) {
       HookSet hooks;
-      hooks.add(spec.hook_name(), force_dims({spec.dims[c]}, {spec.on_value}, D));
+      hooks.add(spec.hook_name(), force_dims({spec.dims[c]}, {on_steer}, D));
       e.override_success = rate(decode_rows(flagged, gen(flagged, op, &hooks, opt.max_new_tokens, opt.temperature,
                                                          opt.seed + 1)), c);
     }
@@ -275,6 +332,7 @@ std::string FlagEvalResult::to_json() const {
                        {"override_success", num(e.override_success)},
                        {"probe_accuracy_before", num(e.probe_accuracy_before)},
                        {"probe_accuracy_after", num(e.probe_accuracy_after)}, {"reliance", num(e.reliance)},
+                       {"steer_ce", num(e.steer_ce)},
                        {"positives", e.positives}};
   }
   j["concepts"] = cs;
@@ -285,20 +343,26 @@ std::string FlagEvalResult::to_json() const {
   j["loss_ablated"] = loss_ablated;
   j["reliance_flagged"] = reliance_flagged;
   j["reliance_base"] = reliance_base;
+  j["supplied_gain"] = supplied_gain;
+  j["base_gen_ce"] = base_gen_ce;
+  j["flagged_gen_ce"] = flagged_gen_ce;
+  j["steer_scale"] = steer_scale;
+  if (ppl_control > 0) j["ppl_control"] = ppl_control;
   return j.dump(2);
 }
 
 std::string FlagEvalResult::table() const {
   std::ostringstream o;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%-8s %5s %8s %7s %6s %6s %8s %8s %8s %8s\n", "concept", "pos", "readout", "steer",
-                "base", "off", "override", "probe<", "probe>", "reliance");
+  std::snprintf(buf, sizeof buf, "%-8s %5s %8s %7s %6s %6s %8s %8s %8s %8s %8s\n", "concept", "pos", "readout", "steer",
+                "base", "off", "override", "probe<", "probe>", "reliance", "steer-ce");
   o << buf;
   for (size_t c = 0; c < concepts.size(); ++c) {
     const ConceptEval& e = per_concept[c];
-    std::snprintf(buf, sizeof buf, "%-8s %5lld %8.3f %7.2f %6.2f %6.2f %8.2f %8.3f %8.3f %8.4f\n", concepts[c].c_str(),
-                  static_cast<long long>(e.positives), e.readout_accuracy, e.steer_success, e.base_rate,
-                  e.flag_off_rate, e.override_success, e.probe_accuracy_before, e.probe_accuracy_after, e.reliance);
+    std::snprintf(buf, sizeof buf, "%-8s %5lld %8.3f %7.2f %6.2f %6.2f %8.2f %8.3f %8.3f %8.4f %8.3f\n",
+                  concepts[c].c_str(), static_cast<long long>(e.positives), e.readout_accuracy, e.steer_success,
+                  e.base_rate, e.flag_off_rate, e.override_success, e.probe_accuracy_before, e.probe_accuracy_after,
+                  e.reliance, e.steer_ce);
     o << buf;
   }
   std::snprintf(buf, sizeof buf,
@@ -306,6 +370,19 @@ std::string FlagEvalResult::table() const {
                 "(same ablation on the base model: %+.4f)\n",
                 ppl_base, ppl_flagged, 100.0 * (ppl_flagged / ppl_base - 1.0), reliance_flagged,
                 reliance_base);
+  o << buf;
+  std::snprintf(buf, sizeof buf, "concept-text loss with the true flags supplied: %+.4f nats against the model's own flags\n",
+                -supplied_gain);
+  o << buf;
+  if (ppl_control > 0) {
+    std::snprintf(buf, sizeof buf, "control fine-tune (no flags) perplexity %.4f: the flags cost %+.2f%%\n", ppl_control,
+                  100.0 * (ppl_flagged / ppl_control - 1.0));
+    o << buf;
+  }
+  std::snprintf(buf, sizeof buf,
+                "steering forces the flag to %.1fx on_value; steer-ce: the base model's loss per generated token of the "
+                "steered stories (of its own: %.3f; of the flagged model's unsteered ones: %.3f)\n",
+                steer_scale, base_gen_ce, flagged_gen_ce);
   o << buf;
   return o.str();
 }

@@ -140,16 +140,24 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   eo.max_new_tokens = 8;
   eo.max_texts = 40;
   eo.log = [](const std::string&) {};
+  eo.control = d2;  // any flag-free-loss fine-tune works as the control; here the resumed run
+  eo.probe_corpus = lumen_test::shared_path("data/tinystories/train.txt");
+  eo.probe_texts = 60;
+  eo.steer_scale = 2.0;
   auto held = lumen::label_texts(lumen::read_texts(lumen_test::shared_path("data/tinystories/heldout.txt"), 40), rules);
   auto ev = lumen::evaluate_flags(d1, held, eo);
   auto j = nlohmann::json::parse(ev.to_json());
   ASSERT_TRUE(j.contains("ppl_base") && j.contains("ppl_flagged") && j.contains("concepts"));
   EXPECT_GT(j["ppl_base"].get<double>(), 1.0);
+  EXPECT_GT(j["ppl_control"].get<double>(), 1.0);
+  EXPECT_EQ(j["steer_scale"].get<double>(), 2.0);
+  EXPECT_GT(j["base_gen_ce"].get<double>(), 0.0);
   for (const auto& c : spec.concepts) {
     ASSERT_TRUE(j["concepts"].contains(c)) << c;
     for (const char* key : {"readout_accuracy", "steer_success", "base_rate", "flag_off_rate", "override_success",
                             "probe_accuracy_before", "probe_accuracy_after"})
       EXPECT_TRUE(j["concepts"][c].contains(key)) << c << "." << key;
+    EXPECT_GT(j["concepts"][c]["steer_ce"].get<double>(), 0.0) << c;
   }
 }
 
