@@ -1,15 +1,90 @@
 // The forward pass. One block implementation reads ModelConfig's axes; every hook site is one
 // line `x = hook(site, layer, x)`. Shapes: B batch, T positions in this call, Tk keys (cache +
 // this call), D d_model, H heads, K kv heads, G = H/K, E head_dim, F d_mlp, V vocab.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "lumen/error.h"
+#include "lumen/runtime.h"
 #include "model/impl.h"
 
 namespace lumen {
 namespace {
+
+// Fused float32 CPU kernels for the element-wise steps. As separate torch ops, RMSNorm is six
+// passes (and six dispatches) and RoPE nine; during decode those dispatches cost more than the
+// arithmetic. Used only when no gradient is being recorded; autograd takes the torch-op path.
+bool fusable(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.device().type() != torch::kCPU || a.scalar_type() != torch::kFloat || b.scalar_type() != torch::kFloat)
+    return false;
+  return !(at::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad()));
+}
+
+// y = x * rsqrt(mean(x^2) + eps) * w over the last axis; x contiguous.
+torch::Tensor rms_norm_cpu(const torch::Tensor& x_in, const torch::Tensor& w_in, double eps) {
+  const auto x = x_in.contiguous();
+  const auto w = w_in.contiguous();
+  auto y = torch::empty_like(x);
+  const int64_t D = x.size(-1), rows = x.numel() / D;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * D;
+      float* yr = yp + r * D;
+      float ss = 0.f;
+      for (int64_t j = 0; j < D; ++j) ss += xr[j] * xr[j];
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
+      for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] * inv * wp[j];
+    }
+  });
+  return y;
+}
+
+// x [B,T,N,E] contiguous; cos, sin [B|1,T,1,E/2]. Rotate-half pairs (i, i+E/2), interleaved (2i, 2i+1).
+torch::Tensor rope_cpu(const torch::Tensor& x_in, const torch::Tensor& cos_in, const torch::Tensor& sin_in,
+                       bool rotate_half) {
+  const auto x = x_in.contiguous();
+  const auto cs = cos_in.contiguous(), sn = sin_in.contiguous();
+  auto y = torch::empty_like(x);
+  const int64_t B = x.size(0), T = x.size(1), N = x.size(2), E = x.size(3), half = E / 2;
+  const int64_t cb = cs.size(0) == 1 ? 0 : T * half;  // cos/sin stride per batch row
+  const float* xp = x.data_ptr<float>();
+  const float* cp = cs.data_ptr<float>();
+  const float* sp = sn.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, B * T, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t bt = i0; bt < i1; ++bt) {
+      const int64_t b = bt / T, t = bt % T;
+      const float* c = cp + b * cb + t * half;
+      const float* s = sp + b * cb + t * half;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* xr = xp + (bt * N + n) * E;
+        float* yr = yp + (bt * N + n) * E;
+        if (rotate_half) {
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = xr[i], b2 = xr[i + half];
+            yr[i] = a * c[i] - b2 * s[i];
+            yr[i + half] = b2 * c[i] + a * s[i];
+          }
+        } else {
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = xr[2 * i], b2 = xr[2 * i + 1];
+            yr[2 * i] = a * c[i] - b2 * s[i];
+            yr[2 * i + 1] = a * s[i] + b2 * c[i];
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
 
 // Calls into the hook set only where something is registered.
 struct Hooks {
@@ -23,6 +98,7 @@ struct Hooks {
 };
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  if (fusable(x, w)) return rms_norm_cpu(x, w, eps);
   if (x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kDouble)
     return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
   // Half precision: normalise in float32, as HF does.
@@ -46,9 +122,13 @@ torch::Tensor activation(ActKind a, const torch::Tensor& x) {
 }
 
 // One input row (decoding) goes through a matrix-vector product: BLAS gemv streams the weight
-// once, where a GEMM with M = 1 is 2-6x slower on the same weights (measured in bench/).
+// once, where a GEMM with M = 1 is 2-6x slower on the same weights (measured in bench/). Matrices
+// under 1M elements (4 MB, cache-sized) run on this thread alone: splitting them across OpenBLAS's
+// pool saves little and, on a loaded machine, stalls on descheduled workers.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
   if (x.numel() == x.size(-1)) {
+    std::optional<SingleThreadedBlas> one_thread;
+    if (w.device().is_cpu() && w.numel() < (int64_t(1) << 20)) one_thread.emplace();
     auto y = torch::mv(w, x.reshape({-1}));
     if (b.defined()) y = y + b;
     auto shape = x.sizes().vec();
@@ -60,6 +140,7 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const torc
 
 // x [B,T,N,E]; cos, sin [B|1, T, 1, E/2].
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, RopeStyle style) {
+  if (fusable(x, cos)) return rope_cpu(x, cos, sin, style == RopeStyle::RotateHalf);
   const int64_t half = x.size(-1) / 2;
   if (style == RopeStyle::RotateHalf) {
     auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
@@ -109,7 +190,16 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const RunOptions& opt) co
     T = tokens_in.size(1);
     auto tokens = tokens_in.to(m.device, torch::kLong);
     if (tokens.numel() > 0) {
-      const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+      int64_t lo = 0, hi = 0;
+      if (tokens.device().is_cpu()) {  // a plain loop: two reductions cost more than the decode step's arithmetic
+        const auto t = tokens.contiguous();
+        const int64_t* p = t.data_ptr<int64_t>();
+        lo = hi = p[0];
+        for (int64_t i = 1; i < t.numel(); ++i) lo = std::min(lo, p[i]), hi = std::max(hi, p[i]);
+      } else {
+        auto mm = torch::aminmax(tokens);
+        lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+      }
       require(lo >= 0 && hi < c.d_vocab, ErrorKind::Arg,
               "token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0," + std::to_string(c.d_vocab) + ")");
     }
