@@ -60,6 +60,7 @@ Objective::Objective(const Model& model, const VizTarget& target, const VizOptio
     allowed_mask_[t] = true;
   }
   require(!allowed_.empty(), ErrorKind::Tokenizer, "viz: no token of the vocabulary decodes to text");
+  hooks_.cache(target.hook);
 }
 
 torch::Tensor Objective::tokens_of(const std::vector<Seq>& seqs) const {
@@ -76,16 +77,16 @@ torch::Tensor Objective::tokens_of(const std::vector<Seq>& seqs) const {
 
 torch::Tensor Objective::run(const torch::Tensor& tokens, const torch::Tensor& embeds, KVCache* cache, bool logits,
                              torch::Tensor* logits_out) const {
-  HookSet hooks;
-  hooks.cache(target_.hook);
   RunOptions ro;
-  ro.hooks = &hooks;
+  ro.hooks = &hooks_;
   ro.cache = cache;
   ro.stop_at_layer = logits ? -1 : layer_stop_;  // the evaluation stops at the target layer
   if (embeds.defined()) ro.input_embeds = embeds;
   auto out = model_.forward(tokens, ro);
   if (logits_out) *logits_out = out;
-  return hooks.get(target_.hook);
+  auto site = hooks_.get(target_.hook);
+  hooks_.clear_cache();  // a cached site would otherwise be extended by the next cached run
+  return site;
 }
 
 std::pair<torch::Tensor, torch::Tensor> Objective::feature(const torch::Tensor& site) const {

@@ -91,6 +91,9 @@ class Objective {
   int64_t budget_, used_ = 0, candidates_ = 0;
   std::vector<int32_t> allowed_;
   torch::Tensor allowed_mask_;
+  // One hook set for every forward pass: it caches the target site, and is bound to the model
+  // once instead of on each of the many small forward passes of evaluate_edits.
+  mutable HookSet hooks_;
 };
 
 }  // namespace lumen::viz
