@@ -6,10 +6,12 @@
 //   bench_viz run --model BIN --sae DIR --latent N --out FILE.json [--len 12] [--candidates 512]
 //                 [--topk 256] [--reps 10] [--threads N]
 //
-// Variants: "stop" (the evaluator stops at the SAE's layer, as every method runs with no fluency
-// term), "full" (all layers and logits, what an eager loop does), and the beam-search extension
-// with shared-prefix reuse against scoring the same full sequences.
+// Variants: "reuse" (the step as lumen's GCG runs it: the evaluator stops at the SAE's layer and
+// every candidate shares the current sequence's positions before its swap), "stop" (stop_at_layer,
+// every candidate run in full), "full" (all layers and logits, what an eager loop does), and the
+// beam-search extension with shared-prefix reuse against scoring the same full sequences.
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -38,6 +40,14 @@ struct Args {
   }
   int64_t num(const std::string& k, int64_t d) const { return kv.count(k) ? std::stoll(kv.at(k)) : d; }
 };
+
+// CPU time of the whole process (every thread): on a machine shared with other jobs it moves much
+// less than wall time, so the report shows a CPU-time ratio next to the wall-time one.
+double cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -78,36 +88,56 @@ int run(const Args& a) {
   out["len"] = len;
   out["candidates"] = C;
   out["hook"] = tg.hook;
-  for (const bool full : {false, true}) {
+  for (const std::string variant : {"reuse", "stop", "full"}) {
+    const bool full = variant == "full", reuse = variant == "reuse";
     lumen::viz::Objective obj(model, tg, o, full);
+    auto score = [&](const std::vector<lumen::viz::Seq>& cands, const lumen::viz::Seq& cur) {
+      return reuse ? obj.evaluate_edits(cands, {cur}) : obj.evaluate(cands);
+    };
     std::mt19937_64 rng(5);
     lumen::viz::Seq cur = obj.random_seq(len, rng);
-    std::vector<double> times;
+    std::vector<double> times, cpu;
+    int64_t tokens = 0;
     for (int64_t r = 0; r < reps + 2; ++r) {
       const auto t0 = Clock::now();
+      const double c0 = cpu_seconds();
       auto cands = gcg_candidates(obj, cur, C, topk, rng);
-      auto sc = obj.evaluate(cands);
+      const int64_t u0 = obj.used();
+      auto sc = score(cands, cur);
+      tokens = obj.used() - u0;
       size_t best = 0;
       for (size_t i = 1; i < sc.size(); ++i)
         if (sc[i].search > sc[best].search) best = i;
       cur = cands[best];
       const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-      if (r >= 2) times.push_back(dt);  // two warm-up steps
+      if (r >= 2) {  // two warm-up steps
+        times.push_back(dt);
+        cpu.push_back(cpu_seconds() - c0);
+      }
     }
     // The parts of the step: the gradient alone, and scoring the candidates alone.
-    std::vector<double> tg, tev;
+    // The parts of the step: the gradient alone, scoring the candidates alone, and the round-trip
+    // validity filter that lumen's GCG applies before scoring (not part of the timed step: the
+    // eager step does not filter either).
+    std::vector<double> tg, tev, tval;
+    int64_t valid = 0;
     for (int64_t r = 0; r < 3; ++r) {
       auto t0 = Clock::now();
       auto cands = gcg_candidates(obj, cur, C, topk, rng);
       auto t1 = Clock::now();
-      obj.evaluate(cands);
+      score(cands, cur);
       auto t2 = Clock::now();
+      for (const auto& c : cands) valid += obj.valid(c);
+      auto t3 = Clock::now();
       tg.push_back(std::chrono::duration<double>(t1 - t0).count());
       tev.push_back(std::chrono::duration<double>(t2 - t1).count());
+      tval.push_back(std::chrono::duration<double>(t3 - t2).count());
     }
-    out[full ? "gcg_parts_full" : "gcg_parts_stop"] = {{"gradient_and_sampling_s", median(tg)}, {"evaluate_s", median(tev)}};
+    out["gcg_parts_" + variant] = {{"gradient_and_sampling_s", median(tg)}, {"evaluate_s", median(tev)},
+                                   {"validity_s", median(tval)}, {"valid_fraction", valid / (3.0 * C)}};
     const double m = median(times);
-    out[full ? "gcg_step_full" : "gcg_step_stop"] = {{"median_s", m}, {"candidates_per_s", C / m}, {"times", times}};
+    out["gcg_step_" + variant] = {{"median_s", m}, {"candidates_per_s", C / m}, {"times", times},
+                                   {"cpu_median_s", median(cpu)}, {"tokens", tokens}};
   }
   {
     // Beam step at the last position: 8 beams x all tokens, with and without prefix reuse.

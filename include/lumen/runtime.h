@@ -8,6 +8,9 @@ namespace lumen {
 // forwards on 2 cores). If the variable is unset, this sets OMP_WAIT_POLICY=PASSIVE and re-executes
 // the program so the setting takes effect; it returns normally when no re-exec is needed or
 // possible. Call first thing in main(). LUMEN_KEEP_OMP_POLICY=1 disables it (for benchmarks).
+// It also keeps up to 64 MiB of freed memory on glibc's heap instead of unmapping it, so the
+// temporaries of repeated forward passes do not fault in fresh zeroed pages every time (unless
+// GLIBC_TUNABLES names a malloc setting or MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ is set).
 void init_runtime(int argc, char** argv);
 
 // "passive" / "active" / "default": what this process runs with.

@@ -1,10 +1,12 @@
 // The shared objective of feature visualization: target extraction, the batched candidate evaluator
-// (with a shared-prefix path for beam search), the one-hot token-gradient routine and validity.
+// (with a shared-prefix path for edits and beam extensions), the one-hot token-gradient routine and
+// validity.
 #include "viz/objective.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 
 #include "lumen/error.h"
 #include "lumen/hooks.h"
@@ -58,6 +60,7 @@ Objective::Objective(const Model& model, const VizTarget& target, const VizOptio
     allowed_mask_[t] = true;
   }
   require(!allowed_.empty(), ErrorKind::Tokenizer, "viz: no token of the vocabulary decodes to text");
+  hooks_.cache(target.hook);
 }
 
 torch::Tensor Objective::tokens_of(const std::vector<Seq>& seqs) const {
@@ -74,16 +77,16 @@ torch::Tensor Objective::tokens_of(const std::vector<Seq>& seqs) const {
 
 torch::Tensor Objective::run(const torch::Tensor& tokens, const torch::Tensor& embeds, KVCache* cache, bool logits,
                              torch::Tensor* logits_out) const {
-  HookSet hooks;
-  hooks.cache(target_.hook);
   RunOptions ro;
-  ro.hooks = &hooks;
+  ro.hooks = &hooks_;
   ro.cache = cache;
   ro.stop_at_layer = logits ? -1 : layer_stop_;  // the evaluation stops at the target layer
   if (embeds.defined()) ro.input_embeds = embeds;
   auto out = model_.forward(tokens, ro);
   if (logits_out) *logits_out = out;
-  return hooks.get(target_.hook);
+  auto site = hooks_.get(target_.hook);
+  hooks_.clear_cache();  // a cached site would otherwise be extended by the next cached run
+  return site;
 }
 
 std::pair<torch::Tensor, torch::Tensor> Objective::feature(const torch::Tensor& site) const {
@@ -118,6 +121,19 @@ static double search_score(bool has_sae, double act, double pre) {
   return std::tanh(pre) - 1.0;
 }
 
+std::vector<Score> Objective::scores_of(const torch::Tensor& act, const torch::Tensor& pre, const torch::Tensor& ce) const {
+  auto a = act.to(torch::kCPU, torch::kFloat).contiguous(), p = pre.to(torch::kCPU, torch::kFloat).contiguous();
+  torch::Tensor c = ce.defined() ? ce.to(torch::kCPU, torch::kFloat).contiguous() : ce;
+  const float *ap = a.data_ptr<float>(), *pp = p.data_ptr<float>(), *cp = c.defined() ? c.data_ptr<float>() : nullptr;
+  std::vector<Score> out(static_cast<size_t>(a.numel()));
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i].act = ap[i];
+    out[i].search = search_score(target_.sae != nullptr, ap[i], pp[i]);
+    out[i].ce = cp ? cp[i] : 0.0;
+  }
+  return out;
+}
+
 std::vector<Score> Objective::evaluate(const std::vector<Seq>& seqs_in, std::vector<std::vector<float>>* token_acts) {
   torch::NoGradGuard ng;
   std::vector<Score> out;
@@ -148,19 +164,10 @@ std::vector<Score> Objective::evaluate(const std::vector<Seq>& seqs_in, std::vec
     torch::Tensor ce;
     if (need_ce_) {
       auto logp = torch::log_softmax(logits.narrow(1, 0, T).to(torch::kFloat), -1);  // [n,T,V]
-      ce = -logp.gather(2, tokens.narrow(1, 1, T).unsqueeze(2)).squeeze(2).mean(1).cpu();
+      ce = -logp.gather(2, tokens.narrow(1, 1, T).unsqueeze(2)).squeeze(2).mean(1);
     }
-    a = a.cpu().contiguous();
-    p = p.cpu().contiguous();
-    const float *ap = a.data_ptr<float>(), *pp = p.data_ptr<float>();
-    const float* cp = need_ce_ ? (ce = ce.contiguous()).data_ptr<float>() : nullptr;
-    for (int64_t i = 0; i < n; ++i) {
-      Score sc;
-      sc.act = ap[i];
-      sc.search = search_score(target_.sae != nullptr, sc.act, pp[i]);
-      sc.ce = cp ? cp[i] : 0.0;
-      out.push_back(sc);
-    }
+    auto sc = scores_of(a, p, ce);
+    out.insert(out.end(), sc.begin(), sc.end());
     if (token_acts) {
       auto ac = act.cpu().contiguous();
       for (int64_t i = 0; i < n; ++i) token_acts->emplace_back(ac[i].data_ptr<float>(), ac[i].data_ptr<float>() + T + 1);
@@ -171,87 +178,190 @@ std::vector<Score> Objective::evaluate(const std::vector<Seq>& seqs_in, std::vec
   return out;
 }
 
-std::vector<Score> Objective::extend(const std::vector<Seq>& prefixes, const std::vector<std::pair<int64_t, int32_t>>& ext_in) {
-  torch::NoGradGuard ng;
-  std::vector<Score> out;
-  const int64_t W = static_cast<int64_t>(prefixes.size()), t = static_cast<int64_t>(prefixes[0].size());
-  if (ext_in.empty() || !affordable(W * (t + 1) + 1)) return out;
-  // 1. The prefixes once: keys/values for every layer that runs, and for the fluency term the
-  //    next-token log-probabilities at their last position.
-  std::vector<Seq> pre_seqs = prefixes;
-  torch::Tensor ptoks;
-  if (t == 0) ptoks = torch::full({W, 1}, bos_, torch::kLong).to(model_.device());
-  else ptoks = tokens_of(pre_seqs);
-  KVCache pc = model_.new_cache(W, t + 2);
-  torch::Tensor logits;
-  auto psite = run(ptoks, {}, &pc, need_ce_, &logits);
-  used_ += W * (t + 1);
-  auto [pact, ppre] = feature(psite);  // [W,t+1]
-  torch::Tensor pmax_a, pmax_p, ce_sum, last_logp;
-  if (t > 0) {
-    pmax_a = std::get<0>(pact.narrow(1, 1, t).max(1));
-    pmax_p = std::get<0>(ppre.narrow(1, 1, t).max(1));
-  } else {
-    pmax_a = torch::full({W}, -std::numeric_limits<float>::infinity());
-    pmax_p = pmax_a.clone();
+// Rows `rows` [n] of `src`'s first `length` positions as a new cache with src's capacity. Only the
+// first `layers` layers are copied: the forward passes that read the copy run no further.
+static KVCache cache_rows(const KVCache& src, const torch::Tensor& rows, int64_t length, int64_t layers) {
+  KVCache kc;
+  const int64_t n = rows.size(0);
+  for (size_t l = 0; l < src.k.size(); ++l) {
+    if (static_cast<int64_t>(l) >= std::max<int64_t>(1, layers)) {
+      kc.k.emplace_back();
+      kc.v.emplace_back();
+      continue;
+    }
+    // Positions >= length are written by the next forward pass before anything reads them.
+    for (auto [from, to] : {std::make_pair(&src.k[l], &kc.k), std::make_pair(&src.v[l], &kc.v)}) {
+      auto sizes = from->sizes().vec();  // [B,K,capacity,E]
+      sizes[0] = n;
+      auto t = torch::empty(sizes, from->options());
+      t.narrow(2, 0, length).copy_(from->narrow(2, 0, length).index_select(0, rows));
+      to->push_back(t);
+    }
   }
-  if (need_ce_) {
-    auto logp = torch::log_softmax(logits.to(torch::kFloat), -1);  // [W,t+1,V]
-    ce_sum = t > 0 ? -logp.narrow(1, 0, t).gather(2, ptoks.narrow(1, 1, t).unsqueeze(2)).squeeze(2).sum(1)
-                   : torch::zeros({W});
-    last_logp = logp.select(1, t);  // [W,V]
-  }
-  pmax_a = pmax_a.to(torch::kCPU, torch::kFloat).contiguous();
-  pmax_p = pmax_p.to(torch::kCPU, torch::kFloat).contiguous();
-  const float *pma = pmax_a.data_ptr<float>(), *pmp = pmax_p.data_ptr<float>();
+  kc.key_valid = torch::ones({n, src.capacity}, src.key_valid.options());
+  kc.next_pos = torch::full({n}, length, src.next_pos.options());
+  kc.length = length;
+  kc.capacity = src.capacity;
+  return kc;
+}
 
-  // 2. Every (prefix, token) pair as one new token on a copy of its prefix's cache rows.
-  const int64_t n_all = std::min<int64_t>(static_cast<int64_t>(ext_in.size()), remaining());
-  for (int64_t s0 = 0; s0 < n_all; s0 += opt_.batch) {
-    const int64_t n = std::min<int64_t>(opt_.batch, n_all - s0);
-    auto rows = torch::empty({n}, torch::kLong);
-    auto toks = torch::empty({n, 1}, torch::kLong);
-    int64_t *rp = rows.data_ptr<int64_t>(), *tp = toks.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      rp[i] = ext_in[s0 + i].first;
-      tp[i] = ext_in[s0 + i].second;
+std::vector<Score> Objective::score_edits(const std::vector<Seq>& bases, const std::vector<Seq>& seqs,
+                                          const std::vector<Edit>& edits) {
+  torch::NoGradGuard ng;
+  if (seqs.empty()) return {};
+  const int64_t T = static_cast<int64_t>(seqs[0].size());
+  const auto dev = model_.device();
+  // 1. The candidates the budget covers (in order) and the bases they use. The bases run positions
+  //    [0, P) once, P being the latest first difference; each candidate runs its own T+1-from.
+  std::vector<int64_t> row(bases.size(), -1), used_bases;
+  int64_t P = 0, own = 0, n_all = 0;
+  for (const Edit& e : edits) {
+    const int64_t p = std::max(P, e.from);
+    const int64_t nb = static_cast<int64_t>(used_bases.size()) + (row[e.base] < 0 ? 1 : 0);
+    if (nb * p + own + (T + 1 - e.from) > remaining()) break;
+    if (row[e.base] < 0) {
+      row[e.base] = static_cast<int64_t>(used_bases.size());
+      used_bases.push_back(e.base);
     }
-    rows = rows.to(model_.device());
-    KVCache kc;
-    for (size_t l = 0; l < pc.k.size(); ++l) {
-      kc.k.push_back(pc.k[l].index_select(0, rows));
-      kc.v.push_back(pc.v[l].index_select(0, rows));
+    P = p;
+    own += T + 1 - e.from;
+    ++n_all;
+  }
+  if (n_all == 0) return {};
+
+  // 2. The bases once, with a KV cache that has room for the candidates' T+1 positions; for the
+  //    fluency term also the log-probabilities of their positions and the CE sums of their prefixes.
+  const int64_t W = static_cast<int64_t>(used_bases.size());
+  auto btoks = torch::empty({W, P}, torch::kLong);  // BOS + the base's first P-1 tokens
+  {
+    auto ba = btoks.accessor<int64_t, 2>();
+    for (int64_t w = 0; w < W; ++w) {
+      ba[w][0] = bos_;
+      for (int64_t j = 1; j < P; ++j) ba[w][j] = bases[used_bases[w]][j - 1];
     }
-    kc.key_valid = pc.key_valid.index_select(0, rows);
-    kc.next_pos = pc.next_pos.index_select(0, rows);
-    kc.length = pc.length;
-    kc.capacity = pc.capacity;
-    auto site = run(toks.to(model_.device()), {}, &kc, false, nullptr);
-    auto [act, pre] = feature(site);  // [n,1]
-    auto a = act.select(1, 0).cpu().contiguous(), p = pre.select(1, 0).cpu().contiguous();
-    torch::Tensor ce;
-    if (need_ce_) {
-      auto picked = last_logp.index_select(0, rows).gather(1, toks.to(model_.device())).squeeze(1);
-      ce = ((ce_sum.index_select(0, rows) - picked) / static_cast<double>(t + 1)).cpu().contiguous();
-    }
-    const float *ap = a.data_ptr<float>(), *pp = p.data_ptr<float>(), *cp = need_ce_ ? ce.data_ptr<float>() : nullptr;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t w = ext_in[s0 + i].first;
-      double av = ap[i], pv = pp[i];
-      if (target_.position == VizTarget::Position::Max) {
-        av = std::max<double>(av, pma[w]);
-        pv = std::max<double>(pv, pmp[w]);
+  }
+  btoks = btoks.to(dev);
+  KVCache bc = model_.new_cache(W, T + 1);
+  torch::Tensor blogits;
+  auto bsite = run(btoks, {}, &bc, need_ce_, &blogits);
+  used_ += W * P;
+  torch::Tensor pmax_a, pmax_p;  // [W,P]: at index f-1, the max over positions [1, f) (-inf for f = 1)
+  if (target_.position == VizTarget::Position::Max) {
+    auto [a, p] = feature(bsite);
+    a = a.clone();
+    p = p.clone();
+    a.select(1, 0).fill_(-std::numeric_limits<float>::infinity());
+    p.select(1, 0).fill_(-std::numeric_limits<float>::infinity());
+    pmax_a = std::get<0>(a.cummax(1));
+    pmax_p = std::get<0>(p.cummax(1));
+  }
+  torch::Tensor blogp, ce_before;  // [W,P,V]; [W,P]: at index f-1, the CE terms of predictions 0..f-2
+  if (need_ce_) {
+    blogp = torch::log_softmax(blogits.to(torch::kFloat), -1);
+    auto terms = -blogp.narrow(1, 0, P - 1).gather(2, btoks.narrow(1, 1, P - 1).unsqueeze(2)).squeeze(2);  // [W,P-1]
+    ce_before = torch::cat({torch::zeros({W, 1}, terms.options()), terms.cumsum(1)}, 1);
+  }
+
+  // 3. The candidates grouped by their first difference, in chunks of opt.batch: positions
+  //    [from, T] on a copy of their base's cache rows.
+  std::map<int64_t, std::vector<int64_t>> groups;
+  for (int64_t i = 0; i < n_all; ++i) groups[edits[i].from].push_back(i);
+  const int64_t n_layers = model_.config().n_layers;
+  const int64_t layers_run = need_ce_ || layer_stop_ < 0 ? n_layers : layer_stop_;
+  std::vector<Score> out(static_cast<size_t>(n_all));
+  for (const auto& [from, idx] : groups) {
+    const int64_t S = T + 1 - from;
+    for (size_t c0 = 0; c0 < idx.size(); c0 += static_cast<size_t>(opt_.batch)) {
+      const int64_t n = std::min<int64_t>(opt_.batch, static_cast<int64_t>(idx.size() - c0));
+      auto rows = torch::empty({n}, torch::kLong);
+      auto toks = torch::empty({n, S}, torch::kLong);  // positions [from, T]
+      int64_t *rp = rows.data_ptr<int64_t>(), *tp = toks.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t c = idx[c0 + i];
+        rp[i] = row[edits[c].base];
+        require(static_cast<int64_t>(seqs[c].size()) == T, ErrorKind::Shape, "viz: a batch of sequences must share one length");
+        for (int64_t j = 0; j < S; ++j) tp[i * S + j] = seqs[c][from - 1 + j];
       }
-      Score sc;
-      sc.act = av;
-      sc.search = search_score(target_.sae != nullptr, av, pv);
-      sc.ce = cp ? cp[i] : 0.0;
-      out.push_back(sc);
+      rows = rows.to(dev);
+      toks = toks.to(dev);
+      KVCache kc = cache_rows(bc, rows, from, layers_run);
+      torch::Tensor logits;
+      auto site = run(toks, {}, &kc, need_ce_ && S > 1, &logits);  // [n,S,...]
+      torch::Tensor a, p;
+      if (target_.position == VizTarget::Position::Last) {
+        auto [fa, fp] = feature(site.narrow(1, S - 1, 1));
+        a = fa.select(1, 0);
+        p = fp.select(1, 0);
+      } else {
+        auto [fa, fp] = feature(site);
+        a = torch::maximum(std::get<0>(fa.max(1)), pmax_a.select(1, from - 1).index_select(0, rows));
+        p = torch::maximum(std::get<0>(fp.max(1)), pmax_p.select(1, from - 1).index_select(0, rows));
+      }
+      torch::Tensor ce;
+      if (need_ce_) {
+        // Predictions 0..from-2 are the base's; from-1 is the base's distribution at the candidate's
+        // token; from..T-1 come from this run.
+        auto first = blogp.select(1, from - 1).index_select(0, rows).gather(1, toks.narrow(1, 0, 1)).squeeze(1);
+        ce = ce_before.select(1, from - 1).index_select(0, rows) - first;
+        if (S > 1) {
+          auto logp = torch::log_softmax(logits.narrow(1, 0, S - 1).to(torch::kFloat), -1);  // [n,S-1,V]
+          ce = ce - logp.gather(2, toks.narrow(1, 1, S - 1).unsqueeze(2)).squeeze(2).sum(1);
+        }
+        ce = ce / static_cast<double>(T);
+      }
+      auto sc = scores_of(a, p, ce);
+      for (int64_t i = 0; i < n; ++i) out[idx[c0 + i]] = sc[i];
+      used_ += n * S;
+      candidates_ += n;
     }
-    used_ += n;
-    candidates_ += n;
   }
   return out;
+}
+
+std::vector<Score> Objective::evaluate_edits(const std::vector<Seq>& seqs, const std::vector<Seq>& bases) {
+  if (seqs.empty()) return {};
+  const int64_t T = static_cast<int64_t>(seqs[0].size());
+  // Each candidate's base: the one it shares the longest prefix with. A candidate equal to its base
+  // still runs its last position (from = T), which gives its score.
+  std::vector<Edit> edits;
+  edits.reserve(seqs.size());
+  std::vector<char> used(bases.size(), 0);
+  int64_t P = 0, own = 0, n_used = 0;
+  for (const Seq& s : seqs) {
+    require(static_cast<int64_t>(s.size()) == T, ErrorKind::Shape, "viz: a batch of sequences must share one length");
+    Edit e{-1, 0};
+    for (size_t b = 0; b < bases.size(); ++b) {
+      if (static_cast<int64_t>(bases[b].size()) != T) continue;
+      const int64_t common = std::mismatch(s.begin(), s.end(), bases[b].begin()).first - s.begin();
+      const int64_t from = std::min(common + 1, T);
+      if (from > e.from) e = {static_cast<int64_t>(b), from};
+    }
+    if (e.base < 0) return evaluate(seqs);  // no base of this length
+    n_used += used[e.base] ? 0 : 1;
+    used[e.base] = 1;
+    P = std::max(P, e.from);
+    own += T + 1 - e.from;
+    edits.push_back(e);
+  }
+  const int64_t n = static_cast<int64_t>(seqs.size());
+  if (n_used * P + own >= n * (T + 1)) return evaluate(seqs);
+  return score_edits(bases, seqs, edits);
+}
+
+std::vector<Score> Objective::extend(const std::vector<Seq>& prefixes, const std::vector<std::pair<int64_t, int32_t>>& ext) {
+  if (ext.empty()) return {};
+  // Candidate (w, tok) is prefix w + tok: it shares the prefix's t+1 positions (BOS included) and
+  // runs one of its own.
+  const int64_t t = static_cast<int64_t>(prefixes[0].size());
+  std::vector<Seq> seqs;
+  std::vector<Edit> edits;
+  seqs.reserve(ext.size());
+  for (const auto& [w, tok] : ext) {
+    seqs.push_back(prefixes[w]);
+    seqs.back().push_back(tok);
+    edits.push_back({w, t + 1});
+  }
+  return score_edits(prefixes, seqs, edits);
 }
 
 torch::Tensor Objective::gradients(const std::vector<Seq>& seqs, const std::vector<double>& lambdas) {

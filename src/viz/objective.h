@@ -1,6 +1,7 @@
 // The objective shared by every visualization method: one candidate evaluator (batched, stopping
-// at the target layer when no cross-entropy is needed, with a shared-prefix path for beam search),
-// one token-gradient routine through the one-hot embedding, and the round-trip validity check.
+// at the target layer when no cross-entropy is needed, with a shared-prefix path for candidates that
+// are edits or extensions of known sequences), one token-gradient routine through the one-hot
+// embedding, and the round-trip validity check.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +31,14 @@ class Objective {
 
   // Scores equal-length sequences in batches of opt.batch; charges N * (T+1) tokens.
   std::vector<Score> evaluate(const std::vector<Seq>& seqs, std::vector<std::vector<float>>* token_acts = nullptr);
+
+  // Candidates that are edits of known sequences (GCG swaps, ADAPT and EPO children): each one
+  // shares its leading tokens with the base it has the longest common prefix with. The bases run
+  // once with a KV cache, and each candidate runs only from its first differing position on, on a
+  // copy of its base's cache rows. Same scores as evaluate(); charges the tokens that run (the
+  // bases' shared positions once, plus every candidate's own positions), and falls back to
+  // evaluate() when sharing would not run fewer tokens. Bases of another length are ignored.
+  std::vector<Score> evaluate_edits(const std::vector<Seq>& seqs, const std::vector<Seq>& bases);
 
   // Beam extension with the prefixes' keys and values computed once: every (prefix, token) pair
   // costs one forward token. The prefixes all have the same length.
@@ -63,6 +72,14 @@ class Objective {
   torch::Tensor run(const torch::Tensor& tokens, const torch::Tensor& embeds, KVCache* cache, bool logits,
                     torch::Tensor* logits_out) const;  // -> site [N,T,...]
   torch::Tensor tokens_of(const std::vector<Seq>& seqs) const;  // [N,T+1] with BOS
+  // The shared-prefix evaluator behind evaluate_edits and extend: candidate i equals
+  // bases[edits[i].base] (with BOS) on positions [0, edits[i].from), 1 <= from <= T.
+  struct Edit {
+    int64_t base;  // index into bases
+    int64_t from;  // first position (BOS = 0) the candidate runs itself
+  };
+  std::vector<Score> score_edits(const std::vector<Seq>& bases, const std::vector<Seq>& seqs, const std::vector<Edit>& edits);
+  std::vector<Score> scores_of(const torch::Tensor& act, const torch::Tensor& pre, const torch::Tensor& ce) const;
 
   const Model& model_;
   VizTarget target_;
@@ -74,6 +91,9 @@ class Objective {
   int64_t budget_, used_ = 0, candidates_ = 0;
   std::vector<int32_t> allowed_;
   torch::Tensor allowed_mask_;
+  // One hook set for every forward pass: it caches the target site, and is bound to the model
+  // once instead of on each of the many small forward passes of evaluate_edits.
+  mutable HookSet hooks_;
 };
 
 }  // namespace lumen::viz

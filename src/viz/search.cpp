@@ -41,10 +41,12 @@ struct Seen {
   }
 };
 
-// Scores sequences through the cache of seen ones; only new, valid sequences are evaluated.
-// Returns one score per input (invalid ones get -inf), and how many inputs were scored (the
-// budget can cut the tail).
-size_t score_all(Objective& obj, Seen& seen, const std::vector<Seq>& seqs, std::vector<Score>& scores) {
+// Scores sequences through the cache of seen ones; only new, valid sequences are evaluated. When
+// the sequences are edits of known ones (`bases`), they share those bases' leading positions
+// (Objective::evaluate_edits). Returns one score per input (invalid ones get -inf), and how many
+// inputs were scored (the budget can cut the tail).
+size_t score_all(Objective& obj, Seen& seen, const std::vector<Seq>& seqs, std::vector<Score>& scores,
+                 const std::vector<Seq>& bases = {}) {
   scores.assign(seqs.size(), Score{-std::numeric_limits<double>::infinity(), 0, 0});
   std::vector<Seq> fresh;
   std::vector<size_t> where;
@@ -56,7 +58,7 @@ size_t score_all(Objective& obj, Seen& seen, const std::vector<Seq>& seqs, std::
     fresh.push_back(seqs[i]);
     where.push_back(i);
   }
-  auto sc = obj.evaluate(fresh);
+  auto sc = bases.empty() ? obj.evaluate(fresh) : obj.evaluate_edits(fresh, bases);
   for (size_t j = 0; j < sc.size(); ++j) seen.all[fresh[j]] = sc[j];
   size_t scored = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -237,7 +239,7 @@ void run_adapt(Objective& obj, Seen& seen, int64_t len, std::mt19937_64& rng, in
       kids.push_back(std::move(child));
     }
     std::vector<Score> sc;
-    score_all(obj, seen, kids, sc);
+    score_all(obj, seen, kids, sc, parents);
     std::vector<Member> pool = beam;
     for (size_t i = 0; i < kids.size(); ++i)
       if (std::isfinite(sc[i].search)) pool.push_back({kids[i], sc[i]});
@@ -272,7 +274,7 @@ void run_adapt(Objective& obj, Seen& seen, int64_t len, std::mt19937_64& rng, in
         fresh.push_back(s);
       }
       std::vector<Score> fs;
-      score_all(obj, seen, fresh, fs);
+      score_all(obj, seen, fresh, fs, {beam[0].seq});  // perturbations share the elite's prefix
       std::vector<Member> nb{beam[0]};
       std::set<Seq> hv{beam[0].seq};
       for (size_t i = 0; i < fresh.size(); ++i)
@@ -314,7 +316,7 @@ void run_gcg(Objective& obj, Seen& seen, int64_t len, std::mt19937_64& rng, int6
       s[p] = static_cast<int32_t>(ta[p][std::uniform_int_distribution<int64_t>(0, k - 1)(rng)]);
       cands.push_back(std::move(s));
     }
-    score_all(obj, seen, cands, sc);
+    score_all(obj, seen, cands, sc, {cur});
     // GCG moves to the best candidate of the step even when it is worse than the current one.
     double bv = -std::numeric_limits<double>::infinity();
     for (size_t i = 0; i < cands.size(); ++i)
@@ -365,7 +367,7 @@ void run_epo(Objective& obj, Seen& seen, int64_t len, std::mt19937_64& rng, int6
       }
     }
     std::vector<Score> ksc;
-    score_all(obj, seen, kids, ksc);
+    score_all(obj, seen, kids, ksc, pop);
     // Each member takes the best of the whole pool under its own lambda.
     std::vector<std::pair<Seq, Score>> pool;
     for (int64_t i = 0; i < P; ++i)

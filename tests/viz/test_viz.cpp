@@ -1,10 +1,13 @@
 // Feature visualization: the shared evaluator agrees with a plain forward pass (also on the
-// shared-prefix path), the token gradient matches finite differences, every method stays in its
+// shared-prefix paths: beam extensions and edits of a base), the token gradient matches finite differences, every method stays in its
 // budget and returns valid sequences, the beam search is exact for one token, ADAPT beats random
 // search, and the --json contract reproduces through `lumen cache`.
 #include <torch/torch.h>
 
 #include <sys/wait.h>
+
+#include <algorithm>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -97,6 +100,95 @@ TEST(Viz, EvaluatorMatchesForwardAndPrefixReuse) {
       EXPECT_GT(b[i].ce, 0.0);
       EXPECT_NEAR(a[i].search, b[i].search, 1e-4);
     }
+  }
+}
+
+// Random edits (1-3 swaps) of two bases, plus a copy of a base and edits at the first and last
+// position: evaluate_edits must give evaluate()'s scores, charge what it runs, and under a budget
+// that runs out score a prefix of the candidates.
+void expect_edits_match_evaluate(const lumen::Model& model, const lumen::VizTarget& target, bool ce, const std::string& what) {
+  for (auto pos : {lumen::VizTarget::Position::Last, lumen::VizTarget::Position::Max}) {
+    auto t = target;
+    t.position = pos;
+    lumen::VizOptions o;
+    o.len = 12;
+    o.batch = 7;  // groups split into several chunks
+    o.budget_tokens = 1 << 30;
+    const std::string tag = what + (ce ? " with CE" : "") + (pos == lumen::VizTarget::Position::Last ? " (last)" : " (max)");
+    lumen::viz::Objective obj(model, t, o, ce);
+    std::mt19937_64 rng(7);
+    const int64_t T = o.len;
+    std::vector<lumen::viz::Seq> bases{obj.random_seq(T, rng), obj.random_seq(T, rng)};
+    std::vector<lumen::viz::Seq> cands{bases[0], bases[1]};
+    for (int64_t p : {int64_t(0), T - 1}) {
+      cands.push_back(bases[0]);
+      cands.back()[p] = bases[0][p] == 5 ? 6 : 5;
+    }
+    for (int i = 0; i < 60; ++i) {
+      auto s = bases[i % 2];
+      const int swaps = 1 + i % 3;
+      for (int j = 0; j < swaps; ++j) s[std::uniform_int_distribution<int64_t>(0, T - 1)(rng)] = obj.random_token(rng);
+      cands.push_back(s);
+    }
+    // The charge: each base once over the positions up to the latest first difference, and each
+    // candidate from its first difference (a copy of its base from its last position).
+    int64_t P = 0, own = 0;
+    std::set<size_t> used_bases;
+    for (const auto& c : cands) {
+      int64_t best_from = 0;
+      size_t best = 0;
+      for (size_t b = 0; b < 2; ++b) {
+        const int64_t common = std::mismatch(c.begin(), c.end(), bases[b].begin()).first - c.begin();
+        if (std::min(common + 1, T) > best_from) best_from = std::min(common + 1, T), best = b;
+      }
+      used_bases.insert(best);
+      P = std::max(P, best_from);
+      own += T + 1 - best_from;
+    }
+    auto want = obj.evaluate(cands);
+    const int64_t u0 = obj.used();
+    auto got = obj.evaluate_edits(cands, bases);
+    EXPECT_EQ(obj.used() - u0, static_cast<int64_t>(used_bases.size()) * P + own) << tag;
+    EXPECT_LT(obj.used() - u0, static_cast<int64_t>(cands.size()) * (T + 1)) << tag;
+    ASSERT_EQ(got.size(), cands.size()) << tag;
+    for (size_t i = 0; i < cands.size(); ++i) {
+      EXPECT_NEAR(got[i].act, want[i].act, 1e-4 * std::max(1.0, std::fabs(want[i].act))) << tag << " candidate " << i;
+      EXPECT_NEAR(got[i].search, want[i].search, 1e-4 * std::max(1.0, std::fabs(want[i].search))) << tag << " candidate " << i;
+      EXPECT_NEAR(got[i].ce, want[i].ce, 1e-4) << tag << " candidate " << i;
+      if (ce) EXPECT_GT(got[i].ce, 0.0) << tag;
+    }
+    // A budget that runs out: the scores cover a prefix of the candidates, within the budget.
+    lumen::VizOptions small = o;
+    small.budget_tokens = 150;
+    lumen::viz::Objective tight(model, t, small, ce);
+    auto part = tight.evaluate_edits(cands, bases);
+    EXPECT_LE(tight.used(), small.budget_tokens) << tag;
+    EXPECT_GT(part.size(), 150u / (T + 1)) << tag << ": sharing scores more than plain evaluation would";
+    ASSERT_LT(part.size(), cands.size()) << tag;
+    for (size_t i = 0; i < part.size(); ++i) EXPECT_NEAR(part[i].act, want[i].act, 1e-4 * std::max(1.0, std::fabs(want[i].act))) << tag;
+  }
+}
+
+TEST(Viz, EditsShareTheBasePrefixAndMatchEvaluate) {
+  LUMEN_REQUIRE_SHARED("models/stories260K");
+  Fixture fx;
+  for (bool ce : {false, true}) expect_edits_match_evaluate(fx.model, fx.target(5), ce, "stories260K SAE latent");
+}
+
+// The tiny testdata checkpoints cover learned positions (gpt2), and a sliding window shorter than
+// the sequence plus logit soft-caps (gemma2), on the cached path.
+TEST(Viz, EditsMatchEvaluateOnTinyCheckpoints) {
+  LUMEN_REQUIRE_SHARED("testdata/tokenizers/tok512/tok512.bin");
+  for (const char* name : {"gpt2_a", "llama_a", "gemma2_a"}) {
+    const std::string dir = std::string("testdata/models/") + name;
+    if (!lumen_test::path_exists(shared_path(dir))) continue;
+    lumen::LoadOptions lo;
+    lo.tokenizer_path = shared_path("testdata/tokenizers/tok512/tok512.bin");
+    auto model = lumen::Model::load(shared_path(dir), lo);
+    lumen::VizTarget t;
+    t.hook = "blocks.0.mlp.hook_post";
+    t.index = 3;
+    for (bool ce : {false, true}) expect_edits_match_evaluate(model, t, ce, name);
   }
 }
 
