@@ -4,6 +4,7 @@
 // Labels come from a JSONL corpus or from keyword rules over plain text (docs/flags.md).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -153,6 +154,7 @@ struct FlagEvalOptions {
 struct ConceptEval {
   double readout_accuracy = 0, steer_success = 0, base_rate = 0, flag_off_rate = 0, override_success = 0;
   double probe_accuracy_before = 0, probe_accuracy_after = 0;
+  double probe_accuracy_control = std::nan("");  // the no-flag fine-tune (FlagEvalOptions::control)
   double reliance = 0;           // LM loss increase on this concept's texts when the flags are ablated
   double steer_ce = 0;           // base model's loss per token of the flag-on generations (fluency)
   int64_t positives = 0;

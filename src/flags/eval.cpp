@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "lumen/error.h"
@@ -235,9 +236,12 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     res.reliance_base = (ba.nll - fb.nll).index({any}).mean().item<double>();
     res.supplied_gain = (ff.nll - fs.nll).index({any}).mean().item<double>();
   }
+  std::optional<Model> control;
+  std::optional<PassStats> fc;
   if (!opt.control.empty()) {
-    Model control = Model::load(opt.control);
-    res.ppl_control = ppl(run_pass(control, w, spec, nullptr));
+    control.emplace(Model::load(opt.control));
+    fc.emplace(run_pass(*control, w, spec, nullptr));
+    res.ppl_control = ppl(*fc);
   }
 
   // Erosion probes use every dimension except the flags. They train on the probe corpus's windows
@@ -245,26 +249,33 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   auto keep = torch::ones({D}, torch::kBool);
   for (auto d : spec.dims) keep[d] = false;
   using torch::indexing::Slice;
-  torch::Tensor ptr_b, ptr_f, ptr_y, pte_b, pte_f, pte_y;
+  std::optional<TokenWindows> pw;
+  torch::Tensor train_y, test_y;
   if (!opt.probe_corpus.empty()) {
     ConceptCorpus pc = align(label_texts(read_texts(opt.probe_corpus, opt.probe_texts), rules), spec);
-    TokenWindows pw = make_windows(flagged, pc, spec.rules, spec.seq_len);
-    ptr_y = torch::zeros({static_cast<int64_t>(pw.tokens.size()), K});
-    for (size_t i = 0; i < pw.tokens.size(); ++i)
-      for (int64_t c = 0; c < K; ++c) ptr_y[i][c] = static_cast<float>(pw.labels[i][c]);
-    ptr_b = run_pass(base, pw, spec, nullptr).pooled;
-    ptr_f = run_pass(flagged, pw, spec, nullptr).pooled;
-    pte_b = fb.pooled, pte_f = ff.pooled, pte_y = labels;
-    log("flags eval: probes train on " + std::to_string(pw.tokens.size()) + " windows of " + opt.probe_corpus);
+    pw.emplace(make_windows(flagged, pc, spec.rules, spec.seq_len));
+    train_y = torch::zeros({static_cast<int64_t>(pw->tokens.size()), K});
+    for (size_t i = 0; i < pw->tokens.size(); ++i)
+      for (int64_t c = 0; c < K; ++c) train_y[i][c] = static_cast<float>(pw->labels[i][c]);
+    test_y = labels;
+    log("flags eval: probes train on " + std::to_string(pw->tokens.size()) + " windows of " + opt.probe_corpus);
   } else {
-    const int64_t half = N / 2;
-    ptr_b = fb.pooled.index({Slice(0, half)}), ptr_f = ff.pooled.index({Slice(0, half)});
-    ptr_y = labels.index({Slice(0, half)});
-    pte_b = fb.pooled.index({Slice(half, N)}), pte_f = ff.pooled.index({Slice(half, N)});
-    pte_y = labels.index({Slice(half, N)});
+    train_y = labels.index({Slice(0, N / 2)});
+    test_y = labels.index({Slice(N / 2, N)});
   }
-  ptr_b = ptr_b.index({Slice(), keep}), ptr_f = ptr_f.index({Slice(), keep});
-  pte_b = pte_b.index({Slice(), keep}), pte_f = pte_f.index({Slice(), keep});
+  // One model's (train, test) probe inputs from its held-out pass.
+  auto probe_inputs = [&](const Model& model, const PassStats& held_pass) {
+    torch::Tensor tr, te;
+    if (pw) {
+      tr = run_pass(model, *pw, spec, nullptr).pooled, te = held_pass.pooled;
+    } else {
+      tr = held_pass.pooled.index({Slice(0, N / 2)}), te = held_pass.pooled.index({Slice(N / 2, N)});
+    }
+    return std::make_pair(tr.index({Slice(), keep}), te.index({Slice(), keep}));
+  };
+  const auto pb = probe_inputs(base, fb), pf = probe_inputs(flagged, ff);
+  std::optional<std::pair<torch::Tensor, torch::Tensor>> pctl;
+  if (control) pctl.emplace(probe_inputs(*control, *fc));
   for (int64_t c = 0; c < K; ++c) {
     ConceptEval& e = res.per_concept[c];
     auto y = labels.select(1, c);
@@ -272,8 +283,10 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     const double thr = 0.5 * (spec.on_value + spec.off_value);
     e.readout_accuracy = balanced_accuracy(ff.last.select(1, spec.dims[c]) > thr, y);
     if (e.positives > 0) e.reliance = (fa.nll - ff.nll).index({y > 0}).mean().item<double>();
-    e.probe_accuracy_before = probe_accuracy(ptr_b, ptr_y.select(1, c), pte_b, pte_y.select(1, c));
-    e.probe_accuracy_after = probe_accuracy(ptr_f, ptr_y.select(1, c), pte_f, pte_y.select(1, c));
+    const auto ytr = train_y.select(1, c), yte = test_y.select(1, c);
+    e.probe_accuracy_before = probe_accuracy(pb.first, ytr, pb.second, yte);
+    e.probe_accuracy_after = probe_accuracy(pf.first, ytr, pf.second, yte);
+    if (pctl) e.probe_accuracy_control = probe_accuracy(pctl->first, ytr, pctl->second, yte);
   }
 
   // Steering: the same seeds for base, flag on and flag off, so the conditions are paired.
@@ -332,7 +345,7 @@ std::string FlagEvalResult::to_json() const {
                        {"override_success", num(e.override_success)},
                        {"probe_accuracy_before", num(e.probe_accuracy_before)},
                        {"probe_accuracy_after", num(e.probe_accuracy_after)}, {"reliance", num(e.reliance)},
-                       {"steer_ce", num(e.steer_ce)},
+                       {"steer_ce", num(e.steer_ce)}, {"probe_accuracy_control", num(e.probe_accuracy_control)},
                        {"positives", e.positives}};
   }
   j["concepts"] = cs;
@@ -354,15 +367,15 @@ std::string FlagEvalResult::to_json() const {
 std::string FlagEvalResult::table() const {
   std::ostringstream o;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%-8s %5s %8s %7s %6s %6s %8s %8s %8s %8s %8s\n", "concept", "pos", "readout", "steer",
-                "base", "off", "override", "probe<", "probe>", "reliance", "steer-ce");
+  std::snprintf(buf, sizeof buf, "%-8s %5s %8s %7s %6s %6s %8s %8s %8s %9s %8s %8s\n", "concept", "pos", "readout",
+                "steer", "base", "off", "override", "probe<", "probe>", "probe-ctl", "reliance", "steer-ce");
   o << buf;
   for (size_t c = 0; c < concepts.size(); ++c) {
     const ConceptEval& e = per_concept[c];
-    std::snprintf(buf, sizeof buf, "%-8s %5lld %8.3f %7.2f %6.2f %6.2f %8.2f %8.3f %8.3f %8.4f %8.3f\n",
+    std::snprintf(buf, sizeof buf, "%-8s %5lld %8.3f %7.2f %6.2f %6.2f %8.2f %8.3f %8.3f %9.3f %8.4f %8.3f\n",
                   concepts[c].c_str(), static_cast<long long>(e.positives), e.readout_accuracy, e.steer_success,
                   e.base_rate, e.flag_off_rate, e.override_success, e.probe_accuracy_before, e.probe_accuracy_after,
-                  e.reliance, e.steer_ce);
+                  e.probe_accuracy_control, e.reliance, e.steer_ce);
     o << buf;
   }
   std::snprintf(buf, sizeof buf,

@@ -158,6 +158,7 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
                             "probe_accuracy_before", "probe_accuracy_after"})
       EXPECT_TRUE(j["concepts"][c].contains(key)) << c << "." << key;
     EXPECT_GT(j["concepts"][c]["steer_ce"].get<double>(), 0.0) << c;
+    EXPECT_TRUE(j["concepts"][c].contains("probe_accuracy_control")) << c;
   }
 }
 
