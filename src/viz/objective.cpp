@@ -189,13 +189,14 @@ static KVCache cache_rows(const KVCache& src, const torch::Tensor& rows, int64_t
       kc.v.emplace_back();
       continue;
     }
-    // Positions >= length are written by the next forward pass before anything reads them.
-    for (auto [from, to] : {std::make_pair(&src.k[l], &kc.k), std::make_pair(&src.v[l], &kc.v)}) {
-      auto sizes = from->sizes().vec();  // [B,K,capacity,E]
+    // Positions >= length stay uninitialised: a cached forward pass writes its own positions
+    // before it reads them, and reads nothing beyond.
+    for (auto [in, out] : {std::make_pair(&src.k[l], &kc.k), std::make_pair(&src.v[l], &kc.v)}) {
+      auto sizes = in->sizes().vec();  // [B,K,capacity,E]
       sizes[0] = n;
-      auto t = torch::empty(sizes, from->options());
-      t.narrow(2, 0, length).copy_(from->narrow(2, 0, length).index_select(0, rows));
-      to->push_back(t);
+      auto t = torch::empty(sizes, in->options());
+      t.narrow(2, 0, length).copy_(in->narrow(2, 0, length).index_select(0, rows));
+      out->push_back(t);
     }
   }
   kc.key_valid = torch::ones({n, src.capacity}, src.key_valid.options());
