@@ -57,9 +57,34 @@ at::Tensor scalar_d(double v) { return torch::tensor({v}, torch::kDouble); }
 
 }  // namespace
 
+SaeTrainState sae_train_state(const SaeConfig& cfg, const TrainOptions& opt, c10::Device device) {
+  SaeTrainState st;
+  st.sae = Sae::init(cfg, opt.seed, device);
+  for (auto& p : st.sae.parameters()) {
+    st.adam.m.push_back(torch::zeros_like(p));
+    st.adam.v.push_back(torch::zeros_like(p));
+  }
+  st.since_fired = torch::zeros({cfg.d_sae}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  st.rng = opt.seed ^ 0xA11CEull;
+  return st;
+}
+
+void sae_train_init(SaeTrainState& st, const TrainOptions& opt, const at::Tensor& x0) {
+  torch::NoGradGuard ng;
+  Sae& sae = st.sae;
+  if (opt.normalize_activations) {
+    const double mean_norm = x0.norm(2, 1).mean().item<double>();
+    if (mean_norm > 0) sae.mutable_config().act_scale = std::sqrt(static_cast<double>(sae.config().d_in)) / mean_norm;
+  }
+  sae.b_dec = (x0.mean(0) * sae.config().act_scale).to(sae.b_dec.scalar_type());
+}
+
 void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_steps, const at::Tensor& x,
                     SaeStepStats& acc, const std::function<void(const std::string&)>& log) {
+  torch::AutoGradMode enable_grad(true);
   Sae& sae = st.sae;
+  for (auto* p : {&sae.W_enc, &sae.b_enc, &sae.W_dec, &sae.b_dec})
+    if (!p->requires_grad()) p->requires_grad_(true);
   SaeAdam& adam = st.adam;
   at::Tensor& since_fired = st.since_fired;
   double& th_ema = st.th_ema;
@@ -207,18 +232,9 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   cfg.metadata["model_name"] = model.path();
   cfg.metadata["dataset_path"] = opt.data.corpus;
   cfg.metadata["context_size"] = std::to_string(opt.data.ctx_len);
-  SaeTrainState st;
-  st.sae = Sae::init(cfg, opt.seed, model.device());
+  SaeTrainState st = sae_train_state(cfg, opt, model.device());
   Sae& sae = st.sae;
-  const int64_t S = cfg.d_sae;
-
   SaeAdam& adam = st.adam;
-  for (auto& p : sae.parameters()) {
-    adam.m.push_back(torch::zeros_like(p));
-    adam.v.push_back(torch::zeros_like(p));
-  }
-  st.since_fired = torch::zeros({S}, torch::TensorOptions().dtype(torch::kLong).device(model.device()));
-  st.rng = opt.seed ^ 0xA11CEull;
   at::Tensor& since_fired = st.since_fired;
   double& th_ema = st.th_ema;
   uint64_t& rng = st.rng;
@@ -302,19 +318,9 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   at::Tensor x_next;  // a batch drawn before the loop (fresh runs use it for initialisation)
   if (!resumed) {
     x_next = store.next_batch();  // [N,D]
-    torch::NoGradGuard ng;
-    // Scalar normalisation: E||x|| = sqrt(D) (SAELens expected_average_only_in), then b_dec at
-    // the (normalised) data mean so the encoder starts from centred inputs.
-    if (opt.normalize_activations) {
-      const double mean_norm = x_next.norm(2, 1).mean().item<double>();
-      if (mean_norm > 0) sae.mutable_config().act_scale = std::sqrt(static_cast<double>(d_in)) / mean_norm;
-    }
-    sae.b_dec = (x_next.mean(0) * sae.config().act_scale).to(sae.b_dec.scalar_type());
-    adam.m[3] = torch::zeros_like(sae.b_dec);
-    adam.v[3] = torch::zeros_like(sae.b_dec);
+    sae_train_init(st, opt, x_next);
   }
 
-  for (auto* p : {&sae.W_enc, &sae.b_enc, &sae.W_dec, &sae.b_dec}) p->requires_grad_(true);
   SaeStepStats acc;
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_since_log = 0;
