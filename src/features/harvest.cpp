@@ -112,12 +112,13 @@ void write_logit_effects(features::Db& db, const Model& model, const FeatureSour
     const int64_t nf = std::min<int64_t>(256, dirs.size(0) - f0);
     auto eff = torch::matmul(dirs.narrow(0, f0, nf), WU.t());  // [nf,V]
     auto top = eff.topk(n, 1, true, true), bot = eff.topk(n, 1, false, true);
+    // [nf,n] each, contiguous, read through raw pointers (one tensor op per block, not per feature).
+    const auto ti = std::get<1>(top).to(torch::kInt).contiguous(), tv = std::get<0>(top).contiguous();
+    const auto bi = std::get<1>(bot).to(torch::kInt).contiguous(), bv = std::get<0>(bot).contiguous();
     for (int64_t i = 0; i < nf; ++i) {
-      auto ti = std::get<1>(top)[i].to(torch::kInt).contiguous(), tv = std::get<0>(top)[i].contiguous();
-      auto bi = std::get<1>(bot)[i].to(torch::kInt).contiguous(), bv = std::get<0>(bot)[i].contiguous();
       st.bind(1, src.name).bind(2, f0 + i);
-      st.bind_blob(3, ti.data_ptr<int32_t>(), n * 4).bind_blob(4, tv.data_ptr<float>(), n * 4);
-      st.bind_blob(5, bi.data_ptr<int32_t>(), n * 4).bind_blob(6, bv.data_ptr<float>(), n * 4);
+      st.bind_blob(3, ti.data_ptr<int32_t>() + i * n, n * 4).bind_blob(4, tv.data_ptr<float>() + i * n, n * 4);
+      st.bind_blob(5, bi.data_ptr<int32_t>() + i * n, n * 4).bind_blob(6, bv.data_ptr<float>() + i * n, n * 4);
       st.step();
       st.reset();
     }
@@ -153,9 +154,10 @@ void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const to
                       bool nonnegative) {
   const int64_t F = s.F;
   s.max = torch::maximum(s.max, wmax.amax(0).to(torch::kDouble));
-  auto fired = a > 0;  // [B,T,F]
-  auto vals = a.masked_select(fired).to(torch::kDouble);          // [n], row-major order
-  auto feat = fired.reshape({-1, F}).nonzero().select(1, 1);       // [n], the same order
+  // One scan for the firing entries: masked_select would repeat nonzero's.
+  const auto flat = (a > 0).reshape({-1}).nonzero().view({-1});  // [n] flat indices, row-major order
+  const auto vals = a.reshape({-1}).index_select(0, flat).to(torch::kDouble);  // [n]
+  const auto feat = flat.remainder(F);                             // [n] their features
   auto ones = torch::ones_like(feat);
   s.nonzero.index_add_(0, feat, ones);
   if (!nonnegative && (a < 0).any().item<bool>()) {
