@@ -15,7 +15,7 @@
 //       request makes the SAE (a run of t steps, for the LR schedule) and takes 3 untimed steps
 //   {"op":"store","stop":b,"rows":n}     rows/s of the (kept) store, after its first fill
 //   {"op":"forward","stop":b,"rows":n}   rows/s of the bare forward over 16 x 128 windows
-//   {"op":"harvest"}                      a fresh harvest of --harvest-tokens tokens
+//   {"op":"harvest","threads":n}          a fresh harvest of --harvest-tokens tokens (n: its --threads)
 #include <sys/resource.h>
 
 #include <chrono>
@@ -166,7 +166,9 @@ int serve(const std::string& model_path, const std::string& corpus, const std::v
       auto t0 = Clock::now();
       const double loss = run->steps(n);
       const double secs = seconds_since(t0);
-      return {{"name", sh.name}, {"steps", n}, {"rows", sh.rows}, {"seconds", secs}, {"rows_s", n * sh.rows / secs}, {"loss", loss}};
+      const int64_t dead = (run->st.since_fired >= run->opt.dead_after_tokens).sum().item<int64_t>();  // AuxK runs when > 0
+      return {{"name", sh.name}, {"steps", n}, {"rows", sh.rows}, {"seconds", secs}, {"rows_s", n * sh.rows / secs},
+              {"loss", loss}, {"dead", dead}};
     }
     if (op == "store") {
       const bool stop = req.at("stop").get<bool>();
@@ -191,8 +193,10 @@ int serve(const std::string& model_path, const std::string& corpus, const std::v
       return {{"rows_s", time_forward(model, fwd_windows, req.at("stop").get<bool>(), req.at("rows").get<int64_t>(), window)}};
     if (op == "harvest") {
       for (const char* suffix : {"", "-wal", "-shm", "-journal"}) std::filesystem::remove(ho.out + suffix);
+      lumen::HarvestOptions o = ho;
+      o.threads = req.value("threads", int64_t{0});
       auto t0 = Clock::now();
-      auto hr = lumen::harvest_features(model, sources, ho);
+      auto hr = lumen::harvest_features(model, sources, o);
       const double secs = seconds_since(t0);
       return {{"tokens", hr.tokens}, {"windows", hr.windows}, {"seconds", secs}, {"tok_s", hr.tokens / secs},
               {"peak_rss_mb", peak_rss_kb() / 1024.0}};
