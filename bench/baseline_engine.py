@@ -634,7 +634,7 @@ def report(args):
             w(f"| {s} | first 1-token forward after the cold load: weights paged in (ms) | {fmt(lf)} | {fmt(ef)} "
               "| | | | — | — |")
     w("")
-    loads = [(s, P.get("load_start"), P.get("load_end")) for s, P in res.pairs.items()]
+    loads = [(s, res.pairs[s].get("load_start"), res.pairs[s].get("load_end")) for s in shapes if s in res.pairs]
     if loads:
         w("Load average (1 min) at the start / end of each shape's rounds: "
           + ", ".join(f"{s} {a} / {b}" for s, a, b in loads) + ".")
