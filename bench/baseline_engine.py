@@ -1,14 +1,19 @@
 #!/usr/bin/python3
 """PyTorch eager baseline for lumen's engine benchmark, and the report that merges both sides.
 
+    baseline_engine.py pair --lumen BENCH_ENGINE --model DIR --out FILE.json [--shape NAME] [--rounds N]
+        [--decode-rounds N] [--prefill-shapes 1x128,8x128,64x16] [--threads N] [--lumen-only]
     baseline_engine.py run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]
         [--new-tokens N] [--prefill-shapes 1x128,8x128,64x16] [--only a,b] [--threads N]
     baseline_engine.py report --results DIR --out FILE.md
 
-`run` needs torch (Debian's is /usr/bin/python3's). It does what bench_engine does, in plain eager
-PyTorch: a ~100-line llama forward (RMSNorm, rotate_half RoPE, GQA attention, SwiGLU, tied or untied
-head, a preallocated KV cache) over the same safetensors file, the same token ids and the same
-workload sizes, and writes the same JSON layout. `report` needs only the standard library.
+`pair` and `run` need torch (Debian's is /usr/bin/python3's). The eager side does what bench_engine
+does, in plain eager PyTorch: a ~100-line llama forward (RMSNorm, rotate_half RoPE, GQA attention,
+SwiGLU, tied or untied head, a preallocated KV cache) over the same safetensors file, the same token
+ids and the same workload sizes. `pair` starts `bench_engine serve` and times prefill, decode and
+fwd+bwd in rounds that alternate lumen's measurement and its own (bench/paired.py); `run` times
+whole sections in one process and writes bench_engine run's JSON layout. `report` needs only the
+standard library.
 """
 import argparse
 import json
@@ -18,6 +23,9 @@ import statistics
 import struct
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import paired  # noqa: E402
 
 # The workload sizes; bench_engine.cpp uses the same ones.
 PREFILL = [(1, 128), (8, 128), (64, 16)]
@@ -266,22 +274,28 @@ def bench_decode(m, new_tokens, reps):
     return out
 
 
-def bench_fwd_bwd(m, reps):
+def fwd_bwd_step(m):
+    """The fwd+bwd workload as a callable: forward at TRAIN from the embeddings, loss =
+    logsumexp(logits).mean(), the gradient with respect to the embeddings; returns its norm."""
     import torch
     import torch.nn.functional as F
     B, T = TRAIN
     emb0 = F.embedding(bench_tokens(B, T, m.V), m.embed).contiguous()
-    norm = [0.0]
 
     def step():
         emb = emb0.detach().requires_grad_(True)
         loss = m.forward(embeds=emb).logsumexp(-1).mean()
         (g,) = torch.autograd.grad(loss, emb)
-        norm[0] = float(g.norm())
+        return float(g.norm())
 
-    out = timing(time_reps(1, reps, step))
+    return step
+
+
+def bench_fwd_bwd(m, reps):
+    step, norm = fwd_bwd_step(m), [0.0]
+    out = timing(time_reps(1, reps, lambda: norm.__setitem__(0, step())))
     out["grad_norm"] = norm[0]
-    return {f"{B}x{T}": out}
+    return {f"{TRAIN[0]}x{TRAIN[1]}": out}
 
 
 def check_values(m):
@@ -327,6 +341,110 @@ def run(args):
         json.dump(out, f, indent=1)
 
 
+# ---- paired rounds --------------------------------------------------------------------------------
+
+def pair(args):
+    """Prefill, decode and fwd+bwd in paired rounds against `bench_engine serve` on the same model
+    (bench/paired.py), with both sides' rooflines measured before and after; one JSON out. Without
+    torch (--lumen-only) lumen runs alone."""
+    torch = None
+    if not args.lumen_only:
+        import torch
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+    lumen = paired.Server([args.lumen, "serve", "--model", args.model, "--threads", str(args.threads)])
+    ready = lumen.ready["ready"]
+    m = None if torch is None else Llama(args.model)
+    out = {"impl": "pair", "shape": args.shape or os.path.basename(os.path.normpath(args.model)), "model": args.model,
+           "omp_wait_policy": ready["omp_wait_policy"], "config": ready["config"], "rounds": args.rounds,
+           "decode_rounds": args.decode_rounds, "intra_op_threads": {"lumen": ready["intra_op_threads"],
+                                                                     "eager": torch.get_num_threads() if torch else None},
+           "load_start": paired.load_now()}
+    say = lambda what: print(f"  {out['shape']} {what}", file=sys.stderr, flush=True)  # noqa: E731
+    no_grad = torch.no_grad if torch else None
+
+    def both(rounds, lumen_fn, eager_fn):
+        return paired.rounds(rounds, lumen_fn, eager_fn if m is not None else None)
+
+    def mean_seconds(fn, calls, warmup=0):
+        for _ in range(warmup):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) / calls
+
+    roof = {"lumen": [], "eager": []}
+
+    def rooflines():
+        say("roofline")
+        lu, ea = both(1, lambda r: lumen.call("roofline", reps=3), lambda r: roofline(m, 3))
+        roof["lumen"] += lu
+        roof["eager"] += [e for e in ea if e]
+
+    def calls_for(first):
+        """Calls per round so that a round takes at least --min-round-s on the faster side."""
+        fastest = min(t for t in first if t)
+        return max(1, min(args.max_calls, math.ceil(args.min_round_s / fastest)))
+
+    rooflines()
+    out["prefill"] = {}
+    for b, t in [tuple(int(v) for v in x.split("x")) for x in args.prefill_shapes.split(",")]:
+        key = f"{b}x{t}"
+        tok = bench_tokens(b, t, m.V) if m is not None else None
+
+        def eager_prefill(calls, warmup=0):
+            with no_grad():
+                return mean_seconds(lambda: m.forward(tok), calls, warmup)
+
+        first = [lumen.call("prefill", batch=key, warmup=1)["seconds"], eager_prefill(1, 1) if m is not None else None]
+        calls = calls_for(first)
+        say(f"prefill {key}: {args.rounds} rounds of {calls} calls")
+        lu, ea = both(args.rounds, lambda r: b * t / lumen.call("prefill", batch=key, calls=calls)["seconds"],
+                      lambda r: b * t / eager_prefill(calls))
+        out["prefill"][key] = {"calls": calls, **paired.summary(lu, ea)}
+
+    say(f"decode {NEW_TOKENS} tokens: {args.decode_rounds} rounds")
+    prompt = [token_at(0, t, out["config"]["d_vocab"]) for t in range(PROMPT_LEN)]
+    dec = {"lumen": [], "eager": []}
+
+    def lumen_decode(r):
+        d = lumen.call("decode", new_tokens=NEW_TOKENS, warmup=r == 0)  # a short decode first
+        dec["lumen"].append(d)
+        return len(d["tokens"]) / d["seconds"]
+
+    def eager_decode(r):
+        if r == 0:
+            generate(m, prompt, WARMUP_NEW_TOKENS)
+        tokens, secs, arrivals = generate(m, prompt, NEW_TOKENS)
+        dec["eager"].append({"seconds": secs, "tokens": tokens})
+        if len(arrivals) > WINDOW:
+            dec["eager"][-1]["window"] = arrivals[WINDOW] - arrivals[0]
+        return len(tokens) / secs
+
+    lu, ea = both(args.decode_rounds, lumen_decode, eager_decode)
+    out["decode"] = {"new_tokens": NEW_TOKENS, "prompt": PROMPT_LEN, **paired.summary(lu, ea),
+                     "tokens": {k: v[-1]["tokens"] if v else None for k, v in dec.items()}}
+
+    step = fwd_bwd_step(m) if m is not None else None
+    key = f"{TRAIN[0]}x{TRAIN[1]}"
+    first = [lumen.call("fwd_bwd", warmup=1)["seconds"], mean_seconds(step, 1, 1) if step else None]
+    calls = calls_for(first)
+    say(f"fwd+bwd {key}: {args.rounds} rounds of {calls} calls")
+    n_tok = TRAIN[0] * TRAIN[1]
+    lu, ea = both(args.rounds, lambda r: n_tok / lumen.call("fwd_bwd", calls=calls)["seconds"],
+                  lambda r: n_tok / mean_seconds(step, calls))
+    out["fwd_bwd"] = {key: {"calls": calls, **paired.summary(lu, ea)}}
+
+    rooflines()
+    out["roofline"] = {k: {"gflops": max(r["gflops"] for r in v), "gflops_each": [r["gflops"] for r in v]} if v else None
+                       for k, v in roof.items()}
+    lumen.close()
+    out["load_end"] = paired.load_now()
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
 # ---- the report -----------------------------------------------------------------------------------
 
 def fwd_flops(c, B, T):
@@ -346,35 +464,31 @@ def fwd_bwd_flops(c, B, T):
 
 
 class Results:
-    """Every run's JSON, keyed by (impl, shape, OpenMP wait policy, requested threads (0 = torch's
-    default), group). run.sh names files IMPL-SHAPE-POLICY-tTHREADS-UNIT.json; unit "omp" files form
-    the "omp" group (the wait-policy pairs), the rest the "main" group. run.sh splits a configuration
-    over several processes (one per workload, alternating lumen and eager); their sections are
-    merged here. A process that measured a roofline lends it
-    to the timings it took, so "% roofline" compares numbers taken moments apart."""
+    """Every run's JSON. The paired rounds (run.sh's pair-SHAPE.json, from `pair`) are kept by shape
+    in self.pairs. The other runs are keyed by (impl, shape, OpenMP wait policy, requested threads
+    (0 = torch's default), group): run.sh names them IMPL-SHAPE-POLICY-tTHREADS-UNIT.json; unit
+    "omp" files form the "omp" group (the wait-policy pairs), the rest (load, GEMV probe, hook
+    caching, value check) the "main" group, whose sections are merged here."""
 
     def __init__(self, folder):
-        self.runs = {}
+        self.runs, self.pairs = {}, {}
         for name in sorted(os.listdir(folder)):
             if not name.endswith(".json"):
                 continue
             with open(os.path.join(folder, name)) as f:
                 part = json.load(f)
+            if part.get("impl") == "pair":
+                self.pairs[part["shape"]] = part
+                continue
             group = "omp" if name.endswith("-omp.json") else "main"
             key = (part["impl"], part["shape"], part["omp_wait_policy"], part.get("threads_requested", 0), group)
             r = self.runs.setdefault(key, {})
-            roof = part.get("roofline", {}).get("gflops")
-            if roof:
-                r.setdefault("rooflines", []).append(roof)
             for k, v in part.items():
                 if k in ("prefill", "fwd_bwd"):
                     for batch, t in v.items():
-                        t["roofline"] = roof
                         r.setdefault(k, {})[batch] = t
                 elif k != "roofline":
                     r[k] = v
-            if r.get("rooflines"):
-                r["roofline"] = {"gflops": statistics.median(r["rooflines"])}
 
     def get(self, key, *path):
         r = self.runs.get(key)
@@ -413,7 +527,7 @@ def fmt(x, unit=""):
 def report(args):
     res = Results(args.results)
     order = {"15M": 0, "42M": 1, "110M": 2}
-    shapes = sorted({k[1] for k in res.runs}, key=lambda s: (order.get(s, 9), s))
+    shapes = sorted({k[1] for k in res.runs} | set(res.pairs), key=lambda s: (order.get(s, 9), s))
     meta = {}
     if args.meta and os.path.exists(args.meta):
         with open(args.meta) as f:
@@ -444,79 +558,87 @@ def report(args):
         w("")
     w("## lumen vs PyTorch eager (both OMP_WAIT_POLICY=PASSIVE, torch's default thread count)")
     w("")
-    w("Throughput in tokens/s, medians of the repetitions; ratio = lumen / eager (>1: lumen faster), and the "
-      "same ratio from each side's fastest repetition (a wide gap between the two means a noisy machine). "
-      "% roofline = model GFLOP/s over the best fp32 GEMM GFLOP/s measured in the same process. "
+    w("Paired rounds: each round times lumen and eager back to back, alternating which goes first "
+      "(bench/README.md). Throughput in tokens/s, medians over the rounds; lumen/eager = the median of the "
+      "per-round ratios (>1: lumen faster), with their min–max range. % roofline = model GFLOP/s over the "
+      "best fp32 GEMM GFLOP/s that the same process measured before and after its workloads. "
       "Status judges the median ratio.")
     w("")
-    w("| shape | workload | lumen | eager | lumen/eager | (best reps) | lumen % roofline | eager % roofline | target | status |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    w("| shape | workload | lumen | eager | lumen/eager (range) | lumen % roofline | eager % roofline | target | status |")
+    w("|---|---|---:|---:|---:|---:|---:|---|---|")
     for s in shapes:
+        P = res.pairs.get(s)
         L, E = ("lumen", s, "passive", 0, "main"), ("eager", s, "passive", 0, "main")
-        c = res.get(L, "config") or res.get(E, "config")
+        c = (P or {}).get("config") or res.get(L, "config") or res.get(E, "config")
         if c is None:
             continue
-        roof_l, roof_e = res.get(L, "roofline", "gflops"), res.get(E, "roofline", "gflops")
+        if P:
+            roof_l = (P["roofline"].get("lumen") or {}).get("gflops")
+            roof_e = (P["roofline"].get("eager") or {}).get("gflops")
+            w(f"| {s} | GEMM roofline: best of the model's shapes, before and after the workloads (GFLOP/s) "
+              f"| {fmt(roof_l)} | {fmt(roof_e)} | | | | | |")
 
-        def roof_pct(key, roof, flops, section, batch):
-            t = res.get(key, section, batch, "median")
-            roof = res.get(key, section, batch, "roofline") or roof  # the same process's, when it has one
-            return 100.0 * flops / t / 1e9 / roof if t and roof else None
+            def pct_of(tok_s, flops_per_tok, roof):
+                return 100.0 * tok_s * flops_per_tok / 1e9 / roof if tok_s and roof else None
 
-        w(f"| {s} | GEMM roofline: best of the model's shapes, median over processes (GFLOP/s) "
-          f"| {fmt(roof_l)} | {fmt(roof_e)} | | | | | | |")
-        for B, T in PREFILL:
-            key = f"{B}x{T}"
-            lt, et = res.tok_s(L, "prefill", key), res.tok_s(E, "prefill", key)
-            r = ratio(lt, et)
-            rb = ratio(res.tok_s(L, "prefill", key, best=True), res.tok_s(E, "prefill", key, best=True))
-            pl = roof_pct(L, roof_l, fwd_flops(c, B, T), "prefill", key)
-            pe = roof_pct(E, roof_e, fwd_flops(c, B, T), "prefill", key)
-            target, st = "—", "—"
-            if key != "1x128":
-                target, ok = "≥1.0×", None if r is None else r >= 1.0
-                if key == "8x128" and s == "110M":
-                    target += ", ≥60% roofline"
-                    if ok is not None and pl is not None and pl < 60.0:
-                        misses.append(f"{s} prefill {key} roofline")
-                        st = "**MISS**" + (" (roofline)" if ok else " (ratio, roofline)")
-                        if not ok:
-                            misses.append(f"{s} prefill {key}")
+            for B, T in PREFILL:
+                key = f"{B}x{T}"
+                q = P["prefill"].get(key)
+                if not q:
+                    continue
+                r = q.get("ratio_median")
+                per_tok = fwd_flops(c, B, T) / (B * T)
+                pl, pe = pct_of(q["lumen_median"], per_tok, roof_l), pct_of(q["eager_median"], per_tok, roof_e)
+                target, st = "—", "—"
+                if key != "1x128":
+                    target, ok = "≥1.0×", None if r is None else r >= 1.0
+                    if key == "8x128" and s == "110M":
+                        target += ", ≥60% roofline"
+                        if ok is not None and pl is not None and pl < 60.0:
+                            misses.append(f"{s} prefill {key} roofline")
+                            st = "**MISS**" + (" (roofline)" if ok else " (ratio, roofline)")
+                            if not ok:
+                                misses.append(f"{s} prefill {key}")
+                        else:
+                            st = status(ok, f"{s} prefill {key}")
                     else:
                         st = status(ok, f"{s} prefill {key}")
-                else:
-                    st = status(ok, f"{s} prefill {key}")
-            w(f"| {s} | prefill {B}×{T} (tok/s) | {fmt(lt)} | {fmt(et)} | {times(r)} | {times(rb)} | {pct(pl)} | {pct(pe)} "
-              f"| {target} | {st} |")
-        ld, ed = res.decode_tok_s(L), res.decode_tok_s(E)
-        r = ratio(ld, ed)
-        rb = ratio(res.decode_tok_s(L, best=True), res.decode_tok_s(E, best=True))
-        w(f"| {s} | decode {PROMPT_LEN}+{NEW_TOKENS}, batch 1, greedy, KV cache (tok/s) | {fmt(ld)} | {fmt(ed)} | {times(r)} "
-          f"| {times(rb)} | | | ≥2× | {status(None if r is None else r >= 2.0, f'{s} decode')} |")
+                w(f"| {s} | prefill {B}×{T} (tok/s) | {fmt(q['lumen_median'])} | {fmt(q['eager_median'])} | "
+                  f"{paired.fmt_ratio(q)} | {pct(pl)} | {pct(pe)} | {target} | {st} |")
+            d = P["decode"]
+            r = d.get("ratio_median")
+            w(f"| {s} | decode {PROMPT_LEN}+{NEW_TOKENS}, batch 1, greedy, KV cache (tok/s) | {fmt(d['lumen_median'])} "
+              f"| {fmt(d['eager_median'])} | {paired.fmt_ratio(d)} | | | ≥2× | {status(None if r is None else r >= 2.0, f'{s} decode')} |")
+            key = f"{TRAIN[0]}x{TRAIN[1]}"
+            q = P["fwd_bwd"][key]
+            r = q.get("ratio_median")
+            per_tok = fwd_bwd_flops(c, *TRAIN) / (TRAIN[0] * TRAIN[1])
+            pl, pe = pct_of(q["lumen_median"], per_tok, roof_l), pct_of(q["eager_median"], per_tok, roof_e)
+            w(f"| {s} | fwd+bwd to input_embeds {TRAIN[0]}×{TRAIN[1]} (tok/s) | {fmt(q['lumen_median'])} "
+              f"| {fmt(q['eager_median'])} | {paired.fmt_ratio(q)} | {pct(pl)} | {pct(pe)} | ≥1.0× "
+              f"| {status(None if r is None else r >= 1.0, f'{s} fwd+bwd')} |")
         key = f"{TRAIN[0]}x{TRAIN[1]}"
-        lt, et = res.tok_s(L, "fwd_bwd", key), res.tok_s(E, "fwd_bwd", key)
-        r = ratio(lt, et)
-        rb = ratio(res.tok_s(L, "fwd_bwd", key, best=True), res.tok_s(E, "fwd_bwd", key, best=True))
-        pl = roof_pct(L, roof_l, fwd_bwd_flops(c, *TRAIN), "fwd_bwd", key)
-        pe = roof_pct(E, roof_e, fwd_bwd_flops(c, *TRAIN), "fwd_bwd", key)
-        w(f"| {s} | fwd+bwd to input_embeds {TRAIN[0]}×{TRAIN[1]} (tok/s) | {fmt(lt)} | {fmt(et)} | {times(r)} "
-          f"| {times(rb)} | {pct(pl)} | {pct(pe)} | ≥1.0× | {status(None if r is None else r >= 1.0, f'{s} fwd+bwd')} |")
         ov = res.get(L, "hooks", key, "overhead_median")
         n = res.get(L, "hooks", key, "n_cached")
         w(f"| {s} | caching hook_embed + every hook_resid_post ({n} tensors) vs no hooks, {TRAIN[0]}×{TRAIN[1]} "
-          f"| {'—' if ov is None else f'{100 * ov:+.1f}%'} | | | | | | ≤5% "
+          f"| {'—' if ov is None else f'{100 * ov:+.1f}%'} | | | | | ≤5% "
           f"| {status(None if ov is None else ov <= 0.05, f'{s} hook caching')} |")
         lc, lw = res.get(L, "load", "cold_ms"), res.get(L, "load", "warm_median_ms")
         ec, ew = res.get(E, "load", "cold_ms"), res.get(E, "load", "warm_median_ms")
         if lc is not None:
             big = s == "110M"
             st = status(lc <= 100 and lw <= 100, f"{s} load") if big else "—"
-            w(f"| {s} | load, cold / warm (ms) | {lc:.1f} / {lw:.1f} | {fmt(ec)} / {fmt(ew)} | | | | "
+            w(f"| {s} | load, cold / warm (ms) | {lc:.1f} / {lw:.1f} | {fmt(ec)} / {fmt(ew)} | | | "
               f"| {'≤100 ms' if big else '—'} | {st} |")
             lf, ef = res.get(L, "load", "first_forward_cold_ms"), res.get(E, "load", "first_forward_cold_ms")
             w(f"| {s} | first 1-token forward after the cold load: weights paged in (ms) | {fmt(lf)} | {fmt(ef)} "
-              "| | | | | — | — |")
+              "| | | | — | — |")
     w("")
+    loads = [(s, res.pairs[s].get("load_start"), res.pairs[s].get("load_end")) for s in shapes if s in res.pairs]
+    if loads:
+        w("Load average (1 min) at the start / end of each shape's rounds: "
+          + ", ".join(f"{s} {a} / {b}" for s, a, b in loads) + ".")
+        w("")
 
     w("## OpenMP wait policy")
     w("")
@@ -558,7 +680,8 @@ def report(args):
     for s in shapes:
         L, E = ("lumen", s, "passive", 0, "main"), ("eager", s, "passive", 0, "main")
         lc, ec = res.get(L, "check"), res.get(E, "check")
-        lt, et = res.get(L, "decode", "tokens"), res.get(E, "decode", "tokens")
+        toks = (res.pairs.get(s) or {}).get("decode", {}).get("tokens", {})
+        lt, et = toks.get("lumen"), toks.get("eager")
         if not lc or not ec:
             continue
         if lt is None or et is None:
@@ -590,12 +713,24 @@ def main():
     r.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     r.add_argument("--prefill-shapes", default=",".join(f"{b}x{t}" for b, t in PREFILL))
     r.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    q = sub.add_parser("pair")
+    q.add_argument("--lumen", required=True, help="the bench_engine binary")
+    q.add_argument("--model", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--shape", default="")
+    q.add_argument("--rounds", type=int, default=5)
+    q.add_argument("--decode-rounds", type=int, default=3)
+    q.add_argument("--prefill-shapes", default=",".join(f"{b}x{t}" for b, t in PREFILL))
+    q.add_argument("--threads", type=int, default=0, help="torch intra-op threads, both sides (0: torch's default)")
+    q.add_argument("--min-round-s", type=float, default=1.0, help="a round's calls take at least this long on the faster side")
+    q.add_argument("--max-calls", type=int, default=32)
+    q.add_argument("--lumen-only", action="store_true", help="no eager side (no torch here)")
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--meta", default="")
     args = ap.parse_args()
-    run(args) if args.cmd == "run" else report(args)
+    {"run": run, "pair": pair, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":

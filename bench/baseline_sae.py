@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""The PyTorch-eager side of the SAE benchmarks (bench/run_sae.sh).
+"""The PyTorch-eager side of the SAE benchmarks (bench/run_sae.sh), and their report.
 
-    baseline_sae.py run --model HF_DIR --work DIR --sae DIR... --out FILE.json [--steps N]
-    baseline_sae.py report --lumen FILE.json --eager FILE.json
+    baseline_sae.py pair --lumen BENCH_SAE --lumen-model M --model HF_DIR --corpus C --work DIR --sae DIR...
+        --out FILE.json [--rounds R] [--min-round-s S] [--store-rows N] [--harvest-tokens N]
+    baseline_sae.py report --results FILE.json [--md FILE.md]
 
-`run` times, in plain eager PyTorch, what bench_sae times in lumen:
+`pair` starts `bench_sae serve` and runs every workload in R rounds, each timing lumen's measurement
+(asked of bench_sae) and eager's (here) back to back, alternating which goes first (bench/paired.py).
+Eager does, in plain PyTorch, what bench_sae does in lumen:
   update   the TopK training step train_sae runs (MSE + AuxK when latents are dead, Adam, unit-norm
            decoder rows with the radial gradient removed, dead-latent counters, progress sums), on the
            activations bench_sae saved;
@@ -21,6 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import paired  # noqa: E402
 from baseline_engine import Llama, load_safetensors  # noqa: E402
 
 # name, d_in, d_sae, k, rows: the same table as bench_sae.cpp's kShapes.
@@ -31,6 +35,7 @@ SHAPES = [
 ]
 DEAD_AFTER = 200000
 BOS = 1
+WARMUP_STEPS = 3  # bench_sae's kWarmupSteps
 
 
 def blocks(m, x, n_layers, capture=()):
@@ -64,35 +69,54 @@ def blocks(m, x, n_layers, capture=()):
     return x, out
 
 
-def bench_update(acts, d_in, d_sae, k, rows, steps):
-    import torch
-    g = torch.Generator().manual_seed(0)
-    W_dec = torch.randn(d_sae, d_in, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    W_enc = W_dec.t().clone()
-    b_enc = torch.zeros(d_sae)
-    n_batches = acts.shape[0] // rows
-    batch = lambda i: acts[(i % n_batches) * rows:(i % n_batches + 1) * rows]  # noqa: E731
-    x0 = batch(0)
-    scale = math.sqrt(d_in) / x0.norm(dim=1).mean().item()
-    b_dec = x0.mean(0) * scale
-    params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
-    since_fired = torch.zeros(d_sae, dtype=torch.long)
-    total = steps + 3
-    warm = max(1, int(0.02 * total))
-    decay_start = total - int(0.2 * total)
-    aux_k = max(1, d_in // 2)
-    b1, b2, eps, lr0 = 0.9, 0.999, 1e-8, 2e-3
-    sums = [0.0, 0.0, 0.0, 0.0]
+class EagerUpdate:
+    """One shape's training run in eager PyTorch, initialised as bench_sae's UpdateRun (train_sae's
+    fresh start), after WARMUP_STEPS untimed steps. steps(n) runs n more."""
 
-    def step(i, x):
-        lr = lr0
-        if i < warm:
-            lr *= (i + 1) / warm
-        if i >= decay_start:
-            lr *= (total - i) / max(1, total - decay_start)
+    def __init__(self, acts, d_in, d_sae, k, rows, total_steps):
+        import torch
+        g = torch.Generator().manual_seed(0)
+        W_dec = torch.randn(d_sae, d_in, generator=g)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_enc = W_dec.t().clone()
+        b_enc = torch.zeros(d_sae)
+        self.acts, self.rows, self.k, self.next = acts, rows, k, 0
+        self.n_batches = acts.shape[0] // rows
+        x0 = self.batch(0)
+        self.scale = math.sqrt(d_in) / x0.norm(dim=1).mean().item()
+        b_dec = x0.mean(0) * self.scale
+        self.params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.since_fired = torch.zeros(d_sae, dtype=torch.long)
+        self.total = total_steps + WARMUP_STEPS
+        self.warm = max(1, int(0.02 * self.total))
+        self.decay_start = self.total - int(0.2 * self.total)
+        self.aux_k = max(1, d_in // 2)
+        self.sums = [0.0] * 4  # loss, L0, squared error, variance
+        self.steps(WARMUP_STEPS)
+
+    def batch(self, i):
+        j = i % self.n_batches
+        return self.acts[j * self.rows:(j + 1) * self.rows]
+
+    def steps(self, n):
+        """n training steps; returns their mean loss."""
+        total = 0.0
+        for _ in range(n):
+            total += self.step(self.next, self.batch(self.next))
+            self.next += 1
+        return total / max(1, n)
+
+    def step(self, i, x):
+        import torch
+        W_enc, b_enc, W_dec, b_dec = self.params
+        scale, k, since_fired = self.scale, self.k, self.since_fired
+        b1, b2, eps, lr = 0.9, 0.999, 1e-8, 2e-3
+        if i < self.warm:
+            lr *= (i + 1) / self.warm
+        if i >= self.decay_start:
+            lr *= (self.total - i) / max(1, self.total - self.decay_start)
         pre = (x * scale - b_dec) @ W_enc + b_enc
         top = pre.topk(k, dim=-1)
         f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
@@ -102,62 +126,56 @@ def bench_update(acts, d_in, d_sae, k, rows, steps):
         dead = since_fired >= DEAD_AFTER
         n_dead = int(dead.sum())
         if n_dead > 0:
-            ka = min(aux_k, n_dead)
+            ka = min(self.aux_k, n_dead)
             t = pre.masked_fill(~dead, float("-inf")).topk(ka, dim=-1)
             e_hat = torch.zeros_like(pre).scatter(-1, t.indices, t.values.relu()) @ W_dec
             e = -err.detach()
             aux = (e_hat - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-12)
             loss = loss + (1 / 32) * min(1.0, n_dead / ka) * aux
-        grads = list(torch.autograd.grad(loss, params))
+        grads = list(torch.autograd.grad(loss, self.params))
         with torch.no_grad():
             grads[2] = grads[2] - (grads[2] * W_dec).sum(1, keepdim=True) * W_dec
             bc1, bc2 = 1 - b1 ** (i + 1), 1 - b2 ** (i + 1)
-            for p, gr, mi, vi in zip(params, grads, m, v):
+            for p, gr, mi, vi in zip(self.params, grads, self.m, self.v):
                 mi.mul_(b1).add_(gr, alpha=1 - b1)
                 vi.mul_(b2).addcmul_(gr, gr, value=1 - b2)
                 p.addcdiv_(mi, (vi / bc2).sqrt_().add_(eps), value=-lr / bc1)
             W_dec.div_(W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
             since_fired.add_(x.shape[0]).masked_fill_((f > 0).any(0), 0)
-            sums[0] += loss.item()
-            sums[1] += (f > 0).sum(-1).double().mean().item()
-            sums[2] += err.pow(2).sum().item()
-            sums[3] += ((x - x.mean(0)) * scale).pow(2).sum().item()
-
-    for i in range(3):
-        step(i, batch(i))
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(3 + i, batch(3 + i))
-    secs = time.perf_counter() - t0
-    return {"steps": steps, "rows": rows, "seconds": secs, "tok_s": steps * rows / secs}
+            # The progress sums train_sae keeps (it reports them every log_every steps).
+            sums = (loss.item(), (f > 0).sum(-1).double().mean().item(), err.pow(2).sum().item(),
+                    ((x - x.mean(0)) * scale).pow(2).sum().item())
+            self.sums = [a + b for a, b in zip(self.sums, sums)]
+        return sums[0]
 
 
-def bench_forward(m, windows, stop, rows):
+def bench_forward(m, windows, stop, rows, cursor):
+    """rows/s of the forward over 16 windows of 128 tokens (to layer 3, or through the model and
+    the unembedding), continuing from window cursor[0] as bench_sae's time_forward does."""
     import torch
-    done, w = 0, 0
+    done = 0
     t0 = time.perf_counter()
     with torch.no_grad():
         while done < rows:
-            toks = windows[w % (windows.shape[0] - 16):][:16]
-            w += 16
+            toks = windows[cursor[0] % (windows.shape[0] - 16):][:16]
+            cursor[0] += 16
             x = torch.nn.functional.embedding(toks, m.embed)
             x, _ = blocks(m, x, 3 if stop else m.L)
             if not stop:
                 torch.nn.functional.linear(m.rms_norm(x, m.norm), m.head)
-            rows_here = toks.numel() - 16
             x.reshape(-1, x.shape[-1])[(toks != BOS).reshape(-1)]  # what a store keeps
-            done += rows_here
+            done += toks.numel() - 16  # BOS rows are not counted
     return done / (time.perf_counter() - t0)
 
 
-def load_windows(path):
-    """The int64 token windows bench_sae saved (baseline_engine's reader only knows floats)."""
+def load_windows(path, name):
+    """int64 token windows that bench_sae saved (baseline_engine's reader only knows floats)."""
     import numpy as np
     import struct
     import torch
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        e = json.loads(f.read(n))["windows"]
+        e = json.loads(f.read(n))[name]
         f.seek(8 + n + e["data_offsets"][0])
         raw = f.read(e["data_offsets"][1] - e["data_offsets"][0])
     assert e["dtype"] == "I64", path + ": windows must be I64"
@@ -241,65 +259,139 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run(args):
+def pair(args):
+    """Every workload in paired rounds with `bench_sae serve` (bench/paired.py); one JSON out."""
     import torch
     torch.manual_seed(0)
+    R, store_rows = args.rounds, args.store_rows
+    argv = [args.lumen, "serve", "--model", args.lumen_model, "--corpus", args.corpus, "--work", args.work,
+            "--harvest-tokens", str(args.harvest_tokens)]
+    for d in args.sae:
+        argv += ["--sae", d]
+    lumen = paired.Server(argv)  # saves the activations and windows that are loaded next
     m = Llama(args.model)
     saved = load_safetensors(os.path.join(args.work, "acts.safetensors"))
     acts, synth = saved["acts"].clone(), saved["synthetic"].clone()
-    res = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "update": []}
-    for name, d_in, d_sae, k, rows in SHAPES:
-        print(f"baseline_sae: update, {name}", file=sys.stderr)
-        r = bench_update(acts if d_in == 64 else synth, d_in, d_sae, k, rows, args.steps)
-        r["name"] = name
-        res["update"].append(r)
-    print("baseline_sae: forward", file=sys.stderr)
-    hw = load_windows(os.path.join(args.work, "harvest_windows.safetensors"))
-    rows = 4096 * 24
-    res["store"] = {"forward_stop_tok_s": bench_forward(m, hw, True, rows), "forward_full_tok_s": bench_forward(m, hw, False, rows)}
-    print(f"baseline_sae: harvest, {len(args.sae)} SAEs, {hw.shape[0]} windows", file=sys.stderr)
-    res["harvest"] = bench_harvest(m, hw, [load_sae(d) for d in args.sae])
-    res["harvest"]["peak_rss_mb"] = peak_rss_mb()
+    hw = load_windows(os.path.join(args.work, "windows.safetensors"), "harvest")  # [W, 64]
+    fw = load_windows(os.path.join(args.work, "windows.safetensors"), "forward")  # [W, 128]
+    saes = [load_sae(d) for d in args.sae]
+    res = {"model": lumen.ready["ready"]["model"], "torch": torch.__version__, "rounds": R,
+           "torch_threads": {"lumen": lumen.ready["ready"]["torch_threads"], "eager": torch.get_num_threads()},
+           "load_start": paired.load_now(), "update": []}
+    t_start = time.perf_counter()
+
+    max_steps = 64  # per round; the LR schedule of both sides spans R * max_steps steps
+    for i, (name, d_in, d_sae, k, rows) in enumerate(SHAPES):
+        # One untimed step each after the warm-up sizes the rounds: as many steps as take
+        # --min-round-s on the faster side.
+        total = R * max_steps + 1
+        first = lumen.call("update", shape=i, steps=1, total=total)["seconds"]
+        run = EagerUpdate(acts if d_in == 64 else synth, d_in, d_sae, k, rows, total)
+        t0 = time.perf_counter()
+        run.steps(1)
+        first = min(first, time.perf_counter() - t0)
+        steps = max(1, min(max_steps, math.ceil(args.min_round_s / first)))
+        print(f"baseline_sae: update, {name}: {R} rounds of {steps} steps", file=sys.stderr, flush=True)
+
+        def eager_update(r):
+            t0 = time.perf_counter()
+            run.steps(steps)
+            return steps * rows / (time.perf_counter() - t0)
+
+        lu, ea = paired.rounds(R, lambda r: lumen.call("update", shape=i, steps=steps, total=total)["rows_s"], eager_update)
+        res["update"].append({"name": name, "rows": rows, "steps_per_round": steps, **paired.summary(lu, ea)})
+
+    res["store"] = {"rows_per_round": store_rows}
+    cursor = [0]
+    for stop in (True, False):
+        key = "stop" if stop else "full"
+        print(f"baseline_sae: activation store and forward, {key}: {R} rounds of {store_rows} rows", file=sys.stderr, flush=True)
+
+        def lumen_store(r):
+            return {"store": lumen.call("store", stop=stop, rows=store_rows)["rows_s"],
+                    "forward": lumen.call("forward", stop=stop, rows=store_rows)["rows_s"]}
+
+        lu, ea = paired.rounds(R, lumen_store, lambda r: bench_forward(m, fw, stop, store_rows, cursor))
+        # store_vs_forward pairs lumen's store (as "lumen") with lumen's forward (as "eager").
+        res["store"][key] = {"forward": paired.summary([x["forward"] for x in lu], ea),
+                             "store_vs_forward": paired.summary([x["store"] for x in lu], [x["forward"] for x in lu])}
+
+    print(f"baseline_sae: harvest, {len(saes)} SAEs, {hw.shape[0]} windows: {R} rounds", file=sys.stderr, flush=True)
+    lh = []
+
+    def lumen_harvest(r):
+        # Its default (one fold thread per core) and one thread, eager's count: the second core's
+        # share of the ratio depends on what else runs on the machine.
+        lh.append({"default": lumen.call("harvest"), "one_thread": lumen.call("harvest", threads=1)})
+        return lh[-1]
+
+    eh = []
+
+    def eager_harvest(r):
+        eh.append(bench_harvest(m, hw, saes))
+        return eh[-1]["tok_s"]
+
+    lu, ea = paired.rounds(R, lumen_harvest, eager_harvest)
+    res["harvest"] = {"n_saes": len(saes), "tokens": lh[0]["default"]["tokens"], "eager_tokens": eh[0]["tokens"],
+                      "eager_peak_rss_mb": peak_rss_mb(),
+                      **paired.summary([x["default"]["tok_s"] for x in lu], ea),
+                      "one_thread": paired.summary([x["one_thread"]["tok_s"] for x in lu], ea)}
+    lumen.close()
+    res["load_end"] = paired.load_now()
+    res["seconds"] = time.perf_counter() - t_start
     with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
+        json.dump(res, f, indent=1)
 
 
 def report(args):
-    with open(args.lumen) as f:
-        lu = json.load(f)
-    with open(args.eager) as f:
-        ea = json.load(f)
+    with open(args.results) as f:
+        res = json.load(f)
     out = []
     w = out.append
+    fr = paired.fmt_ratio
+
+    def fmt(x):
+        return "—" if x is None else f"{x:,.0f}"
+
     w("# SAE and feature-harvest benchmark\n")
-    w(f"model: {lu['model']} · torch intra-op threads: lumen {lu['torch_threads']}, eager {ea['torch_threads']} · "
-      f"both OMP_WAIT_POLICY=PASSIVE, run back to back\n")
-    w("## SAE training update (TopK, the step train_sae runs), tokens/s\n")
-    w("| shape | lumen | eager | lumen/eager | target | status |")
+    th = res["torch_threads"]
+    w(f"model: {res['model']} · torch intra-op threads: lumen {th['lumen']}, eager {th['eager']} · both OMP_WAIT_POLICY=PASSIVE · "
+      f"{res['rounds']} paired rounds per workload, lumen and eager alternating · load average {res['load_start']} at the start, "
+      f"{res['load_end']} at the end · {res['seconds']:.0f} s\n")
+    w("Medians over the rounds; lumen/eager is the median of the per-round ratios, with their range (min–max). "
+      "Status judges the median ratio.\n")
+    w("## SAE training update (TopK, the step train_sae runs), rows/s\n")
+    w("| shape | lumen | eager | lumen/eager (range) | target | status |")
     w("|---|---:|---:|---:|---|---|")
-    for a, b in zip(lu["update"], ea["update"]):
-        r = a["tok_s"] / b["tok_s"]
-        w(f"| {a['name']} | {a['tok_s']:,.0f} | {b['tok_s']:,.0f} | {r:.2f}× | ≥1.0× | {'PASS' if r >= 1.0 else '**MISS**'} |")
-    s, es = lu["store"], ea["store"]
+    for u in res["update"]:
+        r = u.get("ratio_median")
+        w(f"| {u['name']} | {fmt(u['lumen_median'])} | {fmt(u['eager_median'])} | {fr(u)} | ≥1.0× | "
+          f"{'PASS' if r and r >= 1.0 else '**MISS**'} |")
+    st, fu = res["store"]["stop"], res["store"]["full"]
     w("\n## Activation store at blocks.2.hook_resid_post (5-layer model), rows/s\n")
     w("| what | stop_at_layer | full model | stop / full |")
     w("|---|---:|---:|---:|")
-    w(f"| lumen ActivationStore (forward + buffer + shuffle) | {s['store_stop_tok_s']:,.0f} | {s['store_full_tok_s']:,.0f} | "
-      f"{s['store_stop_tok_s'] / s['store_full_tok_s']:.2f}× |")
-    w(f"| lumen forward only | {s['forward_stop_tok_s']:,.0f} | {s['forward_full_tok_s']:,.0f} | "
-      f"{s['forward_stop_tok_s'] / s['forward_full_tok_s']:.2f}× |")
-    w(f"| eager forward only | {es['forward_stop_tok_s']:,.0f} | {es['forward_full_tok_s']:,.0f} | "
-      f"{es['forward_stop_tok_s'] / es['forward_full_tok_s']:.2f}× |")
-    share = s["store_stop_tok_s"] / s["forward_stop_tok_s"]
+    for label, a, b in (("lumen ActivationStore (forward + buffer + shuffle)", st["store_vs_forward"]["lumen_median"],
+                         fu["store_vs_forward"]["lumen_median"]),
+                        ("lumen forward only", st["forward"]["lumen_median"], fu["forward"]["lumen_median"]),
+                        ("eager forward only", st["forward"]["eager_median"], fu["forward"]["eager_median"])):
+        w(f"| {label} | {fmt(a)} | {fmt(b)} | {a / b:.2f}× |")
+    w(f"| lumen forward / eager forward (range) | {fr(st['forward'])} | {fr(fu['forward'])} | |")
+    w(f"| lumen store / lumen forward (range) | {fr(st['store_vs_forward'])} | {fr(fu['store_vs_forward'])} | |")
+    share = st["store_vs_forward"]["ratio_median"]
     w(f"\nThe store serves rows at {100 * share:.0f}% of the bare forward pass's rate (stopping at the layer): "
       f"{'the forward dominates' if share >= 0.7 else 'buffering costs a noticeable share'}.\n")
-    h, eh = lu["harvest"], ea["harvest"]
-    r = h["tok_s"] / eh["tok_s"]
+    h = res["harvest"]
+    r = h.get("ratio_median")
     w("## Feature harvest, every SAE at once, tokens/s\n")
-    w("| SAEs | tokens | lumen (SQLite store included) | eager (in memory) | lumen/eager | target | status | lumen peak RSS |")
-    w("|---:|---:|---:|---:|---:|---|---|---:|")
-    w(f"| {h['n_saes']} | {h['tokens']:,} | {h['tok_s']:,.0f} | {eh['tok_s']:,.0f} | {r:.2f}× | ≥1.5× | "
-      f"{'PASS' if r >= 1.5 else '**MISS**'} | {h['peak_rss_mb']:.0f} MB |")
+    w("| SAEs | tokens per round | lumen fold threads | lumen (SQLite store included) | eager (in memory) | lumen/eager (range) | target | status |")
+    w("|---:|---:|---|---:|---:|---:|---|---|")
+    w(f"| {h['n_saes']} | {h['tokens']:,} | one per core (default) | {fmt(h['lumen_median'])} | {fmt(h['eager_median'])} | {fr(h)} "
+      f"| ≥1.5× | {'PASS' if r and r >= 1.5 else '**MISS**'} |")
+    one = h.get("one_thread")
+    if one:
+        w(f"| {h['n_saes']} | {h['tokens']:,} | 1 (eager's count) | {fmt(one['lumen_median'])} | {fmt(one['eager_median'])} "
+          f"| {fr(one)} | — | — |")
     text = "\n".join(out) + "\n"
     print(text)
     if args.md:
@@ -310,18 +402,23 @@ def report(args):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--model", required=True)
+    r = sub.add_parser("pair")
+    r.add_argument("--lumen", required=True, help="the bench_sae binary")
+    r.add_argument("--lumen-model", required=True, help="the model as lumen loads it")
+    r.add_argument("--model", required=True, help="bench_sae's HF export, for the eager llama")
+    r.add_argument("--corpus", required=True)
     r.add_argument("--work", required=True)
     r.add_argument("--sae", action="append", default=[])
     r.add_argument("--out", required=True)
-    r.add_argument("--steps", type=int, default=30)
+    r.add_argument("--rounds", type=int, default=5)
+    r.add_argument("--min-round-s", type=float, default=1.0, help="update steps per round: as many as take this long")
+    r.add_argument("--store-rows", type=int, default=32768, help="rows per round of the store and forward")
+    r.add_argument("--harvest-tokens", type=int, default=30000, help="tokens per round of the harvest")
     q = sub.add_parser("report")
-    q.add_argument("--lumen", required=True)
-    q.add_argument("--eager", required=True)
+    q.add_argument("--results", required=True)
     q.add_argument("--md")
     args = p.parse_args()
-    run(args) if args.cmd == "run" else report(args)
+    pair(args) if args.cmd == "pair" else report(args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@
 //   bench_engine make-model --out DIR --dim D --layers L --heads H --hidden F [--vocab V] [--ctx N] [--seed S]
 //   bench_engine run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]
 //                    [--new-tokens N] [--prefill-shapes 1x128,8x128,64x16] [--only a,b] [--threads N]
+//   bench_engine serve --model DIR [--threads N]
+//
+// `serve` answers one measurement per request line, for bench/baseline_engine.py's paired rounds
+// against eager (prefill, decode, fwd+bwd, roofline); `run` times whole sections in one process
+// (load, the GEMV probe, hook caching, the value check and the OpenMP runs).
 //
 // Sections (`--only` picks some): load, roofline, gemv, prefill, decode, fwd_bwd, hooks, check. `--threads N`
 // sets torch's intra-op thread count (default: torch's own choice, recorded in the output).
@@ -36,6 +41,7 @@
 #include "lumen/model.h"
 #include "lumen/runtime.h"
 #include "lumen/tensors.h"
+#include "serve.h"
 
 namespace {
 
@@ -286,28 +292,44 @@ json bench_prefill(const lumen::Model& model, const std::vector<Batch>& batches,
   return out;
 }
 
-json bench_decode(const lumen::Model& model, int64_t new_tokens, int reps) {
+// Greedy decoding of `new_tokens` after the bench prompt: decode seconds (from the end of the
+// prompt pass), end-to-end seconds, the steady window (kWindow tokens from the first generated
+// token's arrival) when the run is long enough, and the tokens.
+struct DecodeRun {
+  double decode = 0, e2e = 0, window = -1;
+  std::vector<int32_t> tokens;
+};
+
+DecodeRun decode_once(const lumen::Model& model, int64_t new_tokens) {
   const int64_t V = model.config().d_vocab;
   std::vector<int32_t> prompt;
   for (int64_t t = 0; t < kPromptLen; ++t) prompt.push_back(static_cast<int32_t>(token_at(0, t, V)));
   lumen::GenerateOptions go;
   go.use_default_stops = false;  // a random model may well produce EOS; always decode the full run
-  go.max_new_tokens = kWarmupNewTokens;
-  lumen::generate(model, {prompt}, go);  // warm-up
   go.max_new_tokens = new_tokens;
   std::vector<Clock::time_point> arrivals;
   go.on_token = [&](size_t, int32_t, int32_t) { arrivals.push_back(Clock::now()); };
+  DecodeRun out;
+  auto t0 = Clock::now();
+  auto res = lumen::generate(model, {prompt}, go);
+  out.e2e = seconds_since(t0);
+  out.decode = res.decode_seconds;
+  if (static_cast<int64_t>(arrivals.size()) > kWindow)
+    out.window = std::chrono::duration<double>(arrivals[kWindow] - arrivals[0]).count();
+  out.tokens = res.generated[0];
+  return out;
+}
+
+json bench_decode(const lumen::Model& model, int64_t new_tokens, int reps) {
+  decode_once(model, kWarmupNewTokens);  // warm-up
   std::vector<double> decode, e2e, window;
   std::vector<int32_t> generated;
   for (int i = 0; i < reps; ++i) {
-    arrivals.clear();
-    auto t0 = Clock::now();
-    auto res = lumen::generate(model, {prompt}, go);
-    e2e.push_back(seconds_since(t0));
-    decode.push_back(res.decode_seconds);
-    if (static_cast<int64_t>(arrivals.size()) > kWindow)
-      window.push_back(std::chrono::duration<double>(arrivals[kWindow] - arrivals[0]).count());
-    generated = res.generated[0];
+    auto r = decode_once(model, new_tokens);
+    decode.push_back(r.decode);
+    e2e.push_back(r.e2e);
+    if (r.window >= 0) window.push_back(r.window);
+    generated = r.tokens;
   }
   json out = {{"prompt", kPromptLen}, {"new_tokens", static_cast<int64_t>(generated.size())},
               {"times", decode},      {"median", median(decode)},
@@ -316,23 +338,29 @@ json bench_decode(const lumen::Model& model, int64_t new_tokens, int reps) {
   return out;
 }
 
-json bench_fwd_bwd(const lumen::Model& model, int reps) {
+// One forward at kTrain from input_embeds, loss = logsumexp(logits).mean(), and the gradient with
+// respect to the embeddings (the weights need no grad); returns the gradient's norm.
+std::function<double()> fwd_bwd_step(const lumen::Model& model) {
   auto tok = bench_tokens(kTrain.b, kTrain.t, model.config().d_vocab);
   torch::Tensor emb0;
   {
     torch::NoGradGuard ng;
     emb0 = model.embed_tokens(tok).contiguous();
   }
-  double grad_norm = 0;
-  auto step = [&] {
+  return [&model, emb0] {
     auto emb = emb0.detach().requires_grad_(true);
     lumen::RunOptions ro;
     ro.input_embeds = emb;
     auto loss = model.forward(torch::Tensor(), ro).logsumexp(-1).mean();
     auto g = torch::autograd::grad({loss}, {emb})[0];
-    grad_norm = g.norm().item<double>();
+    return g.norm().item<double>();
   };
-  json out = timing(time_reps(1, reps, step));
+}
+
+json bench_fwd_bwd(const lumen::Model& model, int reps) {
+  auto step = fwd_bwd_step(model);
+  double grad_norm = 0;
+  json out = timing(time_reps(1, reps, [&] { grad_norm = step(); }));
   out["grad_norm"] = grad_norm;
   return {{kTrain.name(), out}};
 }
@@ -435,6 +463,60 @@ int run(const Args& a) {
   return 0;
 }
 
+// The lumen side of the paired rounds (bench/paired.py, bench/serve.h). Requests:
+//   {"op":"roofline","reps":n}                          roofline(), as in `run`
+//   {"op":"prefill","batch":"BxT","warmup":w,"calls":n} seconds per forward, the mean of n calls
+//   {"op":"fwd_bwd","warmup":w,"calls":n}               the same for the fwd+bwd step
+//   {"op":"decode","new_tokens":n,"warmup":b}           one greedy decode (after a short one if b)
+int serve(const Args& a) {
+  if (const int64_t threads = a.num("threads", 0); threads > 0) at::set_num_threads(static_cast<int>(threads));
+  auto model = lumen::Model::load(a.get("model"));
+  const auto& c = model.config();
+  std::map<std::string, torch::Tensor> tokens;  // prefill inputs by "BxT"
+  std::function<double()> fwd_bwd;
+  // `warmup` untimed calls, then the mean seconds of `calls` timed ones.
+  auto mean_seconds = [](const json& req, const std::function<void()>& fn) {
+    const int64_t calls = std::max<int64_t>(1, req.value("calls", int64_t{1}));
+    for (int64_t i = 0; i < req.value("warmup", int64_t{0}); ++i) fn();
+    auto t0 = Clock::now();
+    for (int64_t i = 0; i < calls; ++i) fn();
+    return seconds_since(t0) / calls;
+  };
+  const json ready = {{"impl", "lumen"}, {"omp_wait_policy", lumen::omp_wait_policy()},
+                      {"intra_op_threads", at::get_num_threads()}, {"torch", TORCH_VERSION},
+                      {"config", {{"d_model", c.d_model}, {"n_layers", c.n_layers}, {"n_heads", c.n_heads},
+                                  {"n_kv_heads", c.n_kv_heads}, {"d_head", c.d_head}, {"d_mlp", c.d_mlp},
+                                  {"d_vocab", c.d_vocab}, {"n_ctx", c.n_ctx}, {"n_params", model.num_parameters()}}}};
+  return bench::serve(ready, [&](const json& req) -> json {
+    const std::string op = req.at("op").get<std::string>();
+    if (op == "roofline") return roofline(c, static_cast<int>(req.at("reps").get<int64_t>()));
+    if (op == "prefill") {
+      const std::string name = req.at("batch").get<std::string>();
+      auto& tok = tokens[name];
+      if (!tok.defined()) {
+        const Batch bt = parse_batches(name).at(0);
+        tok = bench_tokens(bt.b, bt.t, c.d_vocab);
+      }
+      torch::NoGradGuard ng;
+      return {{"seconds", mean_seconds(req, [&] { model.forward(tok); })}};
+    }
+    if (op == "fwd_bwd") {
+      if (!fwd_bwd) fwd_bwd = fwd_bwd_step(model);
+      double grad_norm = 0;
+      const double secs = mean_seconds(req, [&] { grad_norm = fwd_bwd(); });
+      return {{"seconds", secs}, {"grad_norm", grad_norm}};
+    }
+    if (op == "decode") {
+      if (req.value("warmup", false)) decode_once(model, kWarmupNewTokens);
+      auto r = decode_once(model, req.at("new_tokens").get<int64_t>());
+      json out = {{"seconds", r.decode}, {"e2e", r.e2e}, {"tokens", r.tokens}};
+      if (r.window >= 0) out["window"] = r.window;
+      return out;
+    }
+    throw lumen::Error(lumen::ErrorKind::Arg, "unknown request '" + op + "'");
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -442,7 +524,8 @@ int main(int argc, char** argv) {
   const std::string usage =
       "usage: bench_engine make-model --out DIR --dim D --layers L --heads H --hidden F [--vocab V] [--ctx N] [--seed S]\n"
       "       bench_engine run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]\n"
-      "                        [--new-tokens N] [--prefill-shapes BxT,...] [--only a,b,...] [--threads N]\n";
+      "                        [--new-tokens N] [--prefill-shapes BxT,...] [--only a,b,...] [--threads N]\n"
+      "       bench_engine serve --model DIR [--threads N]   (requests on stdin: bench/paired.py)\n";
   if (argc < 2) {
     std::cerr << usage;
     return 2;
@@ -452,6 +535,7 @@ int main(int argc, char** argv) {
     const Args args = parse_args(argc, argv, 2);
     if (cmd == "make-model") return make_model(args);
     if (cmd == "run") return run(args);
+    if (cmd == "serve") return serve(args);
     std::cerr << usage;
     return 2;
   } catch (const std::exception& e) {

@@ -7,9 +7,10 @@
 #
 # Environment:
 #   LUMEN_BENCH_SHAPES   comma list of 15M,42M,110M (default all; --quick: 15M)
-#   LUMEN_BENCH_REPS     timed repetitions per workload (default by shape: 7 / 5 / 3; --quick: 3)
+#   LUMEN_BENCH_REPS     paired rounds per workload (default by shape: 7 / 5 / 3; --quick: 3)
 #   LUMEN_BENCH_PYTHON   interpreter with torch for the eager baseline (default /usr/bin/python3)
 #   LUMEN_BENCH_OMP_DEFAULT=0   skip the runs with the default OpenMP wait policy
+#   LUMEN_BENCH_OMP_SHAPES      shapes that get the OpenMP runs (default: the first one)
 #   JOBS                 build parallelism (default 2)
 set -euo pipefail
 
@@ -20,7 +21,7 @@ quick=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) build=$a ;;
   esac
 done
@@ -74,6 +75,9 @@ default_reps() {
 }
 
 IFS=, read -r -a shape_list <<<"$shapes"
+# The OpenMP runs (six processes per shape) go to the first shape only, unless asked: the policy's
+# effect does not depend on the model's size, and they would double the bench's time.
+omp_shapes=${LUMEN_BENCH_OMP_SHAPES:-${shape_list[0]}}
 for s in "${shape_list[@]}"; do
   read -r dim layers heads hidden <<<"$(shape_args "$s")"
   say "model $s: dim $dim, $layers layers, $heads heads, hidden $hidden"
@@ -82,8 +86,7 @@ for s in "${shape_list[@]}"; do
 done
 
 # ---- runs --------------------------------------------------------------------------------------
-# Per shape the runs follow each other, so drifts in machine load hit both sides alike. Every
-# process gets its OpenMP policy explicitly: PASSIVE, or the variable removed plus
+# Every process gets its OpenMP policy explicitly: PASSIVE, or the variable removed plus
 # LUMEN_KEEP_OMP_POLICY=1 so that lumen::init_runtime does not re-exec with PASSIVE.
 policy_env() {
   if [[ $1 = passive ]]; then echo "env OMP_WAIT_POLICY=PASSIVE LUMEN_KEEP_OMP_POLICY=1"
@@ -104,8 +107,6 @@ run_one() {  # impl policy threads shape unit args...
   fi
 }
 
-impls=(lumen)
-[[ $have_eager = 1 ]] && impls+=(eager)
 t_start=$(date +%s)
 for s in "${shape_list[@]}"; do
   reps=$(default_reps "$s")
@@ -114,24 +115,23 @@ for s in "${shape_list[@]}"; do
   omp_reps=3
   [[ $s = 110M ]] && omp_reps=2
   (( reps < omp_reps )) && omp_reps=$reps
-  # One process per workload, lumen and eager back to back: paired timings are seconds apart, not
-  # minutes. Each GEMM-bound workload measures its own roofline in the same process.
+  # Prefill, decode and fwd+bwd: one Python process drives eager itself and `bench_engine serve`,
+  # in paired rounds that alternate the two sides (bench/paired.py), each with its own roofline
+  # before and after. Load, the GEMV probe and the value check run in processes of their own.
   r=(--reps "$reps")
+  say "$s prefill, decode, fwd+bwd: lumen and eager in $reps paired rounds ($dreps for decode), load $(cut -d' ' -f1 /proc/loadavg)"
+  pair_args=(pair --lumen "$engine" --model "$out/models/stories$s" --shape "$s" --rounds "$reps" --decode-rounds "$dreps"
+             --out "$results/pair-$s.json" --min-round-s "$([[ $quick = 1 ]] && echo 0.5 || echo 1.0)")
+  pair_py=$py
+  [[ $have_eager = 1 ]] || { pair_args+=(--lumen-only); pair_py=$report_py; }
+  $(policy_env passive) "$pair_py" "$here/baseline_engine.py" "${pair_args[@]}"
   run_one lumen passive 0 "$s" setup "${r[@]}" --only load,gemv,check
   [[ $have_eager = 1 ]] && run_one eager passive 0 "$s" setup "${r[@]}" --only load,check
-  for unit in prefill-1x128 prefill-8x128 prefill-64x16 decode fwd_bwd; do
-    case $unit in
-      prefill-*) args=(--only roofline,prefill --prefill-shapes "${unit#prefill-}") ;;
-      decode) args=(--only decode --decode-reps "$dreps") ;;
-      fwd_bwd) args=(--only roofline,fwd_bwd) ;;
-    esac
-    for impl in "${impls[@]}"; do run_one "$impl" passive 0 "$s" "$unit" "${r[@]}" "${args[@]}"; done
-  done
   run_one lumen passive 0 "$s" hooks "${r[@]}" --only hooks
   # OpenMP: PASSIVE and default back to back for each (impl, threads). Eager only at one thread per
   # core when that differs from torch's default: with a single intra-op thread there is no OpenMP
   # team to spin, which lumen's own pair shows.
-  if [[ ${LUMEN_BENCH_OMP_DEFAULT:-1} != 0 ]]; then
+  if [[ ${LUMEN_BENCH_OMP_DEFAULT:-1} != 0 && ",$omp_shapes," == *",$s,"* ]]; then
     omp=(--only prefill,decode --prefill-shapes 8x128 --new-tokens 33 --reps "$omp_reps" --decode-reps 2)
     pairs=("lumen 0")
     if [[ $torch_threads != "$cores" ]]; then

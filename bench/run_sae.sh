@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SAE and feature-harvest benchmark: lumen (bench_sae) against PyTorch eager (baseline_sae.py) on
-# stories260K, back to back in one run. Writes BUILD_DIR/bench/sae.md.
+# stories260K, in paired rounds within one run. Writes BUILD_DIR/bench/sae.md.
 #   bench/run_sae.sh [BUILD_DIR] [--quick]
 # Needs trained SAEs: LUMEN_BENCH_SAES (a folder holding sae_l0..sae_lN), default BUILD_DIR/demo,
 # which `make demo` fills. LUMEN_SHARED points at the shared data (default ../shared).
@@ -31,15 +31,19 @@ fi
 echo "== building bench_sae in $build" >&2
 cmake --build "$build" --target bench_sae -j "${JOBS:-2}" >"$out/build_sae.log" 2>&1 || { tail -20 "$out/build_sae.log" >&2; exit 1; }
 
-steps=30; tokens=100000
-[[ $quick == 1 ]] && { steps=10; tokens=30000; }
+# Paired rounds (bench/paired.py): baseline_sae.py runs eager itself and asks bench_sae serve for
+# lumen's measurement of each round. LUMEN_BENCH_ROUNDS overrides the round count.
+# A store round serves 32768 rows: half its 65536-row buffer, so every round includes exactly one
+# refill (the store refills when half empty).
+# An update round takes at least round_s seconds on the faster side.
+rounds=${LUMEN_BENCH_ROUNDS:-5}; round_s=1.5; store_rows=32768; tokens=50000
+[[ $quick == 1 ]] && { rounds=${LUMEN_BENCH_ROUNDS:-3}; round_s=0.5; tokens=10000; }
 "$build/bench/bench_sae" export --model "$model" --out "$work/hf"
-echo "== lumen" >&2
-"$build/bench/bench_sae" run --model "$model" --corpus "$corpus" "${saes[@]}" --work "$work" --out "$out/sae_lumen.json" \
-  --steps $steps --harvest-tokens $tokens
-echo "== PyTorch eager" >&2
-"$py" "$root/bench/baseline_sae.py" run --model "$work/hf" --work "$work" "${saes[@]}" --out "$out/sae_eager.json" --steps $steps
-"$py" "$root/bench/baseline_sae.py" report --lumen "$out/sae_lumen.json" --eager "$out/sae_eager.json" --md "$out/sae.md"
+echo "== lumen and PyTorch eager, $rounds paired rounds (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+"$py" "$root/bench/baseline_sae.py" pair --lumen "$build/bench/bench_sae" --lumen-model "$model" --model "$work/hf" \
+  --corpus "$corpus" --work "$work" "${saes[@]}" --out "$out/sae_paired.json" \
+  --rounds "$rounds" --min-round-s $round_s --store-rows $store_rows --harvest-tokens $tokens
+"$py" "$root/bench/baseline_sae.py" report --results "$out/sae_paired.json" --md "$out/sae.md"
 
 # Peak memory of a long harvest (LUMEN_BENCH_RSS_TOKENS, default 1M; 0 skips): memory must stay
 # bounded in the corpus size, so it is measured on the real CLI.

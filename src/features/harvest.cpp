@@ -112,12 +112,13 @@ void write_logit_effects(features::Db& db, const Model& model, const FeatureSour
     const int64_t nf = std::min<int64_t>(256, dirs.size(0) - f0);
     auto eff = torch::matmul(dirs.narrow(0, f0, nf), WU.t());  // [nf,V]
     auto top = eff.topk(n, 1, true, true), bot = eff.topk(n, 1, false, true);
+    // [nf,n] each, contiguous, read through raw pointers (one tensor op per block, not per feature).
+    const auto ti = std::get<1>(top).to(torch::kInt).contiguous(), tv = std::get<0>(top).contiguous();
+    const auto bi = std::get<1>(bot).to(torch::kInt).contiguous(), bv = std::get<0>(bot).contiguous();
     for (int64_t i = 0; i < nf; ++i) {
-      auto ti = std::get<1>(top)[i].to(torch::kInt).contiguous(), tv = std::get<0>(top)[i].contiguous();
-      auto bi = std::get<1>(bot)[i].to(torch::kInt).contiguous(), bv = std::get<0>(bot)[i].contiguous();
       st.bind(1, src.name).bind(2, f0 + i);
-      st.bind_blob(3, ti.data_ptr<int32_t>(), n * 4).bind_blob(4, tv.data_ptr<float>(), n * 4);
-      st.bind_blob(5, bi.data_ptr<int32_t>(), n * 4).bind_blob(6, bv.data_ptr<float>(), n * 4);
+      st.bind_blob(3, ti.data_ptr<int32_t>() + i * n, n * 4).bind_blob(4, tv.data_ptr<float>() + i * n, n * 4);
+      st.bind_blob(5, bi.data_ptr<int32_t>() + i * n, n * 4).bind_blob(6, bv.data_ptr<float>() + i * n, n * 4);
       st.step();
       st.reset();
     }
@@ -145,15 +146,18 @@ void run_parallel(size_t n, size_t workers, const std::function<void(size_t)>& f
     if (e) std::rethrow_exception(e);
 }
 
-// Density, moments, max and histogram. SAE codes are sparse and never negative, so only the firing
-// entries are touched (3% of them for a k=16-of-512 TopK); a source with negative values (neurons,
-// directions) takes the dense path so that its mean still counts them.
-void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& edge_t, bool nonnegative) {
+// Density, moments, max and histogram, given the batch's window maxima wmax [B,F]. SAE codes are
+// sparse and never negative, so only the firing entries are touched (3% of them for a k=16-of-512
+// TopK); a source with negative values (neurons, directions) takes the dense path so that its mean
+// still counts them.
+void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& wmax, const torch::Tensor& edge_t,
+                      bool nonnegative) {
   const int64_t F = s.F;
-  s.max = torch::maximum(s.max, a.amax(std::vector<int64_t>{0, 1}).to(torch::kDouble));
-  auto fired = a > 0;  // [B,T,F]
-  auto vals = a.masked_select(fired).to(torch::kDouble);          // [n], row-major order
-  auto feat = fired.reshape({-1, F}).nonzero().select(1, 1);       // [n], the same order
+  s.max = torch::maximum(s.max, wmax.amax(0).to(torch::kDouble));
+  // One scan for the firing entries: masked_select would repeat nonzero's.
+  const auto flat = (a > 0).reshape({-1}).nonzero().view({-1});  // [n] flat indices, row-major order
+  const auto vals = a.reshape({-1}).index_select(0, flat).to(torch::kDouble);  // [n]
+  const auto feat = flat.remainder(F);                             // [n] their features
   auto ones = torch::ones_like(feat);
   s.nonzero.index_add_(0, feat, ones);
   if (!nonnegative && (a < 0).any().item<bool>()) {
@@ -168,14 +172,14 @@ void accumulate_stats(features::SourceState& s, const torch::Tensor& a, const to
   s.hist.view({-1}).index_add_(0, bins + feat * features::kBins, ones);
 }
 
-// One candidate context per window and feature: the window's strongest position. Only candidates
-// that beat a feature's current K-th value can enter its top-K (windows arrive in increasing
-// order, so a tie loses), so contexts are gathered for at most the C best windows per feature,
-// where C is the largest number of such candidates any feature has in this batch (often 0).
-void merge_window_maxima(features::SourceState& s, const torch::Tensor& a, const torch::Tensor& toks,
-                         const torch::Tensor& gid, int64_t W, int64_t before) {
+// One candidate context per window and feature: the window's strongest position (best = a.max(1),
+// [B,F] values and positions). Only candidates that beat a feature's current K-th value can enter
+// its top-K (windows arrive in increasing order, so a tie loses), so contexts are gathered for at
+// most the C best windows per feature, where C is the largest number of such candidates any
+// feature has in this batch (often 0).
+void merge_window_maxima(features::SourceState& s, const torch::Tensor& a, const std::tuple<torch::Tensor, torch::Tensor>& best,
+                         const torch::Tensor& toks, const torch::Tensor& gid, int64_t W, int64_t before) {
   const int64_t T = a.size(1), F = s.F;
-  auto best = a.max(1);  // [B,F]
   auto wmax = std::get<0>(best).t().contiguous(), wpos = std::get<1>(best).t().contiguous();  // [F,B]
   auto cand = torch::where(wmax > 0, wmax, torch::full_like(wmax, -std::numeric_limits<float>::infinity()));
   const int64_t C = (cand > s.top_val.narrow(1, s.K - 1, 1)).sum(1).max().item<int64_t>();
@@ -316,10 +320,13 @@ HarvestResult harvest_features(const Model& model, const std::vector<FeatureSour
       auto& s = state[i];
       auto x = hs.get(sources[i].hook).reshape({B * T, -1});
       auto a = sources[i].encode(x).to(torch::kCPU, torch::kFloat).view({B, T, s.F});
-      a = a.masked_fill(hidden, 0.0f);
+      // In place unless the codes share memory with the cached site (an identity encoder, as
+      // neurons have): another source may read the same site.
+      a = a.is_alias_of(x) ? a.masked_fill(hidden, 0.0f) : a.masked_fill_(hidden, 0.0f);
       s.tokens += n_valid;
-      accumulate_stats(s, a, edge_t, sources[i].kind == "sae");
-      merge_window_maxima(s, a, toks, gid, W, before);
+      const auto best = a.max(1);  // [B,F]: each window's strongest activation and its position
+      accumulate_stats(s, a, std::get<0>(best), edge_t, sources[i].kind == "sae");
+      merge_window_maxima(s, a, best, toks, gid, W, before);
     };
     run_parallel(sources.size(), workers, fold);
     done += B;

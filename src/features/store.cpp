@@ -156,11 +156,14 @@ void Db::write_source(SourceState& s, bool all) {
   auto sm = s.sum.accessor<double, 1>();
   auto sq = s.sum_sq.accessor<double, 1>();
   auto mx = s.max.accessor<double, 1>();
-  auto hist = s.hist.contiguous();
+  // Raw pointers into contiguous copies: indexing a tensor per row costs a dispatch each, and a
+  // commit writes up to F*K contexts.
+  const auto hist = s.hist.contiguous();
+  const int64_t* hist_p = hist.data_ptr<int64_t>();  // [F, kBins]
   Stmt fs(*this, "INSERT OR REPLACE INTO features(source, feature, nonzero, sum, sum_sq, max, hist) VALUES(?,?,?,?,?,?,?)");
   for (int64_t f = 0; f < s.F; ++f) {
     fs.bind(1, s.name).bind(2, f).bind(3, nz[f]).bind(4, sm[f]).bind(5, sq[f]).bind(6, mx[f]);
-    fs.bind_blob(7, hist[f].data_ptr<int64_t>(), kBins * sizeof(int64_t));
+    fs.bind_blob(7, hist_p + f * kBins, kBins * sizeof(int64_t));
     fs.step();
     fs.reset();
   }
@@ -168,8 +171,10 @@ void Db::write_source(SourceState& s, bool all) {
   auto val = s.top_val.accessor<float, 2>();
   auto win = s.top_win.accessor<int64_t, 2>();
   auto pos = s.top_pos.accessor<int64_t, 2>();
-  auto tok = s.ctx_tok.contiguous();
-  auto act = s.ctx_act.contiguous();
+  const auto tok = s.ctx_tok.contiguous();
+  const auto act = s.ctx_act.contiguous();
+  const int32_t* tok_p = tok.data_ptr<int32_t>();  // [F,K,W]
+  const float* act_p = act.data_ptr<float>();       // [F,K,W]
   Stmt del(*this, "DELETE FROM contexts WHERE source=? AND feature=?");
   Stmt ins(*this, "INSERT INTO contexts(source, feature, rank, value, window, position, tokens, acts) VALUES(?,?,?,?,?,?,?,?)");
   for (int64_t f = 0; f < s.F; ++f) {
@@ -177,9 +182,10 @@ void Db::write_source(SourceState& s, bool all) {
     del.bind(1, s.name).bind(2, f).step();
     del.reset();
     for (int64_t r = 0; r < s.K && win[f][r] >= 0; ++r) {
+      const int64_t at = (f * s.K + r) * s.W;
       ins.bind(1, s.name).bind(2, f).bind(3, r).bind(4, static_cast<double>(val[f][r])).bind(5, win[f][r]).bind(6, pos[f][r]);
-      ins.bind_blob(7, tok[f][r].data_ptr<int32_t>(), s.W * sizeof(int32_t));
-      ins.bind_blob(8, act[f][r].data_ptr<float>(), s.W * sizeof(float));
+      ins.bind_blob(7, tok_p + at, s.W * sizeof(int32_t));
+      ins.bind_blob(8, act_p + at, s.W * sizeof(float));
       ins.step();
       ins.reset();
     }
@@ -211,21 +217,24 @@ void Db::read_source(SourceState& s, const std::string& name, int64_t K, int64_t
     mx[f] = fs.col_double(4);
     auto blob = fs.col_blob(5);
     require(blob.size() == kBins * sizeof(int64_t), ErrorKind::Format, path_ + ": corrupt histogram for " + name);
-    std::memcpy(s.hist[f].data_ptr<int64_t>(), blob.data(), blob.size());
+    std::memcpy(s.hist.data_ptr<int64_t>() + f * kBins, blob.data(), blob.size());  // init() made it contiguous
   }
+  auto val = s.top_val.accessor<float, 2>();
+  auto win = s.top_win.accessor<int64_t, 2>();
+  auto pos = s.top_pos.accessor<int64_t, 2>();
   Stmt cs(*this, "SELECT feature, rank, value, window, position, tokens, acts FROM contexts WHERE source=?");
   cs.bind(1, name);
   while (cs.step()) {
     const int64_t f = cs.col_int(0), r = cs.col_int(1);
     if (f < 0 || f >= s.F || r < 0 || r >= K) continue;
-    s.top_val[f][r] = cs.col_double(2);
-    s.top_win[f][r] = cs.col_int(3);
-    s.top_pos[f][r] = cs.col_int(4);
+    val[f][r] = static_cast<float>(cs.col_double(2));
+    win[f][r] = cs.col_int(3);
+    pos[f][r] = cs.col_int(4);
     auto tb = cs.col_blob(5), ab = cs.col_blob(6);
     require(tb.size() == W * sizeof(int32_t) && ab.size() == W * sizeof(float), ErrorKind::Format,
             path_ + ": corrupt context for " + name + " feature " + std::to_string(f));
-    std::memcpy(s.ctx_tok[f][r].data_ptr<int32_t>(), tb.data(), tb.size());
-    std::memcpy(s.ctx_act[f][r].data_ptr<float>(), ab.data(), ab.size());
+    std::memcpy(s.ctx_tok.data_ptr<int32_t>() + (f * K + r) * W, tb.data(), tb.size());
+    std::memcpy(s.ctx_act.data_ptr<float>() + (f * K + r) * W, ab.data(), ab.size());
   }
   s.dirty.fill_(false);
 }

@@ -119,8 +119,9 @@ at::Tensor Sae::activate(const at::Tensor& pre, bool training) const {
     case SaeArch::ReLU: return torch::relu(pre);
     case SaeArch::JumpReLU: return torch::relu(pre) * (pre > threshold).to(pre.scalar_type());
     case SaeArch::TopK: {
-      // The k largest pre-activations per row, ReLU'd; everything else is 0.
-      auto top = torch::topk(pre, cfg_.k, -1);
+      // The k largest pre-activations per row, ReLU'd; everything else is 0. Their order does not
+      // matter once scattered, so topk need not sort them.
+      auto top = torch::topk(pre, cfg_.k, -1, /*largest=*/true, /*sorted=*/false);
       return torch::zeros_like(pre).scatter(-1, std::get<1>(top), torch::relu(std::get<0>(top)));
     }
     case SaeArch::BatchTopK: {

@@ -55,11 +55,55 @@ std::string fingerprint(const TrainOptions& o, int64_t d_in) {
 at::Tensor scalar_i(int64_t v) { return torch::tensor({v}, torch::kLong); }
 at::Tensor scalar_d(double v) { return torch::tensor({v}, torch::kDouble); }
 
+// Sae::pre_activation in normalised units, arranged for training: (x_s - b_dec) W_enc + b_enc =
+// x_s W_enc + (b_enc - b_dec W_enc), with x_s = x * act_scale [N,D]. The rows need no gradient, so
+// the backward skips the [N,S]x[S,D] product that would carry one to them only for b_dec to sum it
+// over the rows; b_dec's gradient comes through the [D]x[D,S] product instead.
+at::Tensor train_pre_activation(const Sae& sae, const at::Tensor& xs) {
+  const auto bias = sae.config().apply_b_dec_to_input ? sae.b_enc - torch::matmul(sae.b_dec, sae.W_enc) : sae.b_enc;
+  return torch::addmm(bias, xs, sae.W_enc);  // [N,S]
+}
+
+// f W_dec for codes with k nonzeros per row, given as their latents idx [N,k] and values val
+// [N,k]: one embedding bag of k decoder rows per input row, N*k*D multiply-adds instead of the
+// dense product's N*S*D, in the backward too (W_dec's gradient touches only the rows used).
+at::Tensor sparse_decode(const at::Tensor& W_dec, const at::Tensor& idx, const at::Tensor& val) {
+  const int64_t N = idx.size(0), k = idx.size(1);
+  auto offsets = torch::arange(0, N * k, k, idx.options());
+  return std::get<0>(torch::embedding_bag(W_dec, idx.reshape({-1}), offsets, /*scale_grad_by_freq=*/false,
+                                          /*mode=sum*/ 0, /*sparse=*/false, val.reshape({-1})));  // [N,D]
+}
+
 }  // namespace
+
+SaeTrainState sae_train_state(const SaeConfig& cfg, const TrainOptions& opt, c10::Device device) {
+  SaeTrainState st;
+  st.sae = Sae::init(cfg, opt.seed, device);
+  for (auto& p : st.sae.parameters()) {
+    st.adam.m.push_back(torch::zeros_like(p));
+    st.adam.v.push_back(torch::zeros_like(p));
+  }
+  st.since_fired = torch::zeros({cfg.d_sae}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  st.rng = opt.seed ^ 0xA11CEull;
+  return st;
+}
+
+void sae_train_init(SaeTrainState& st, const TrainOptions& opt, const at::Tensor& x0) {
+  torch::NoGradGuard ng;
+  Sae& sae = st.sae;
+  if (opt.normalize_activations) {
+    const double mean_norm = x0.norm(2, 1).mean().item<double>();
+    if (mean_norm > 0) sae.mutable_config().act_scale = std::sqrt(static_cast<double>(sae.config().d_in)) / mean_norm;
+  }
+  sae.b_dec = (x0.mean(0) * sae.config().act_scale).to(sae.b_dec.scalar_type());
+}
 
 void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_steps, const at::Tensor& x,
                     SaeStepStats& acc, const std::function<void(const std::string&)>& log) {
+  torch::AutoGradMode enable_grad(true);
   Sae& sae = st.sae;
+  for (auto* p : {&sae.W_enc, &sae.b_enc, &sae.W_dec, &sae.b_dec})
+    if (!p->requires_grad()) p->requires_grad_(true);
   SaeAdam& adam = st.adam;
   at::Tensor& since_fired = st.since_fired;
   double& th_ema = st.th_ema;
@@ -82,10 +126,21 @@ void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_st
   if (step >= decay_start) lr *= static_cast<double>(total_steps - step) / std::max<int64_t>(1, total_steps - decay_start);
 
   // ---- forward and loss (in normalised units: x * act_scale) ----
-  auto pre = sae.pre_activation(x);          // [N,S]
-  auto f = sae.activate(pre, /*training=*/true);
-  auto recons = sae.decode(f);               // [N,D]
-  auto err = (recons - x) * scale;           // [N,D]
+  // TopK codes stay sparse, as their latents and values [N,k]; the other architectures' codes f
+  // are dense [N,S].
+  const at::Tensor xs = scale != 1.0 ? x * scale : x;  // [N,D]
+  auto pre = train_pre_activation(sae, xs);             // [N,S]
+  at::Tensor f, top_idx, top_val, dec;
+  if (arch == SaeArch::TopK) {
+    auto top = torch::topk(pre, sae.config().k, -1, /*largest=*/true, /*sorted=*/false);
+    top_idx = std::get<1>(top);
+    top_val = torch::relu(std::get<0>(top));
+    dec = sparse_decode(sae.W_dec, top_idx, top_val);
+  } else {
+    f = sae.activate(pre, /*training=*/true);
+    dec = torch::matmul(f, sae.W_dec);
+  }
+  auto err = dec + sae.b_dec - xs;  // [N,D]: reconstruction error, normalised units
   auto mse = err.pow(2).sum(-1).mean();
   auto loss = mse;
   const at::Tensor dead = since_fired >= opt.dead_after_tokens;  // [S]
@@ -98,9 +153,8 @@ void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_st
       // AuxK: the top dead latents model the residual the live ones leave (revives them).
       const int64_t ka = std::min(aux_k, n_dead);
       auto pre_dead = pre.masked_fill(dead.logical_not().unsqueeze(0), -std::numeric_limits<float>::infinity());
-      auto top = torch::topk(pre_dead, ka, -1);
-      auto f_aux = torch::zeros_like(pre).scatter(-1, std::get<1>(top), torch::relu(std::get<0>(top)));
-      auto e_hat = torch::matmul(f_aux, sae.W_dec);  // [N,D] normalised units, no bias
+      auto top = torch::topk(pre_dead, ka, -1, /*largest=*/true, /*sorted=*/false);
+      auto e_hat = sparse_decode(sae.W_dec, std::get<1>(top), torch::relu(std::get<0>(top)));  // [N,D], no bias
       auto e = -err.detach();
       const double s = std::min(1.0, static_cast<double>(n_dead) / ka);
       auto aux = (e_hat - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-12);
@@ -126,7 +180,9 @@ void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_st
     sae.W_dec.div_(sae.W_dec.norm(2, 1, true).clamp_min(1e-12));
 
     // Dead-latent bookkeeping: rows since each latent last fired.
-    auto fired = (f > 0).any(0);
+    const at::Tensor active = f.defined() ? f > 0 : top_val > 0;  // [N,S] or [N,k]
+    const at::Tensor fired = f.defined() ? active.any(0)
+                                         : torch::zeros_like(since_fired, torch::kBool).index_fill_(0, top_idx.masked_select(active), true);
     since_fired.add_(N).masked_fill_(fired, 0);
     if (arch == SaeArch::BatchTopK) {
       // The inference threshold: running mean of the smallest activation the batch kept.
@@ -171,9 +227,9 @@ void sae_train_step(SaeTrainState& st, const TrainOptions& opt, int64_t total_st
     }
 
     acc.loss += loss.item<double>();
-    acc.l0 += (f > 0).sum(-1).to(torch::kDouble).mean().item<double>();
+    acc.l0 += active.sum(-1).to(torch::kDouble).mean().item<double>();
     acc.err += err.pow(2).sum().item<double>();
-    acc.var += ((x - x.mean(0)) * scale).pow(2).sum().item<double>();
+    acc.var += (xs - xs.mean(0)).pow(2).sum().item<double>();
     ++acc.n;
   }
   ++st.step;
@@ -207,18 +263,9 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   cfg.metadata["model_name"] = model.path();
   cfg.metadata["dataset_path"] = opt.data.corpus;
   cfg.metadata["context_size"] = std::to_string(opt.data.ctx_len);
-  SaeTrainState st;
-  st.sae = Sae::init(cfg, opt.seed, model.device());
+  SaeTrainState st = sae_train_state(cfg, opt, model.device());
   Sae& sae = st.sae;
-  const int64_t S = cfg.d_sae;
-
   SaeAdam& adam = st.adam;
-  for (auto& p : sae.parameters()) {
-    adam.m.push_back(torch::zeros_like(p));
-    adam.v.push_back(torch::zeros_like(p));
-  }
-  st.since_fired = torch::zeros({S}, torch::TensorOptions().dtype(torch::kLong).device(model.device()));
-  st.rng = opt.seed ^ 0xA11CEull;
   at::Tensor& since_fired = st.since_fired;
   double& th_ema = st.th_ema;
   uint64_t& rng = st.rng;
@@ -302,19 +349,9 @@ TrainResult train_sae(const Model& model, const TrainOptions& opt_in) {
   at::Tensor x_next;  // a batch drawn before the loop (fresh runs use it for initialisation)
   if (!resumed) {
     x_next = store.next_batch();  // [N,D]
-    torch::NoGradGuard ng;
-    // Scalar normalisation: E||x|| = sqrt(D) (SAELens expected_average_only_in), then b_dec at
-    // the (normalised) data mean so the encoder starts from centred inputs.
-    if (opt.normalize_activations) {
-      const double mean_norm = x_next.norm(2, 1).mean().item<double>();
-      if (mean_norm > 0) sae.mutable_config().act_scale = std::sqrt(static_cast<double>(d_in)) / mean_norm;
-    }
-    sae.b_dec = (x_next.mean(0) * sae.config().act_scale).to(sae.b_dec.scalar_type());
-    adam.m[3] = torch::zeros_like(sae.b_dec);
-    adam.v[3] = torch::zeros_like(sae.b_dec);
+    sae_train_init(st, opt, x_next);
   }
 
-  for (auto* p : {&sae.W_enc, &sae.b_enc, &sae.W_dec, &sae.b_dec}) p->requires_grad_(true);
   SaeStepStats acc;
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_since_log = 0;

@@ -13,6 +13,7 @@
 #include "lumen/error.h"
 #include "lumen/files.h"
 #include "lumen/sae.h"
+#include "sae/train_step.h"
 
 namespace {
 
@@ -425,6 +426,58 @@ TEST(SaeTrain, TopKAndReluReduceFvuQuickly) {
     if (arch != SaeArch::ReLU) EXPECT_NEAR(ev.l0, 8, 4) << lumen::to_string(arch);
     EXPECT_GT(ev.ce_loss_ablated, ev.ce_loss_clean);
   }
+}
+
+// The training step computes the loss in a cheaper arrangement (TopK codes decoded sparsely, b_dec's
+// encoder gradient through one [D]x[D,S] product): its loss and gradients equal the plain dense
+// formula's, AuxK included. The gradients are read back from Adam's first moments (m = (1-b1) g).
+TEST(SaeTrain, StepMatchesTheDenseFormula) {
+  torch::manual_seed(3);
+  for (auto arch : {SaeArch::TopK, SaeArch::BatchTopK})
+    for (bool with_dead : {false, true}) {
+      lumen::TrainOptions opt;
+      opt.sae.arch = arch;
+      opt.sae.d_in = 64;
+      opt.sae.d_sae = 512;
+      opt.sae.k = 16;
+      opt.sae.hook_name = "blocks.2.hook_resid_post";
+      opt.dead_after_tokens = 1000;
+      auto x = torch::randn({1024, 64}) * 3 + 0.5;  // [N,D]
+      auto st = lumen::sae_train_state(opt.sae, opt, torch::kCPU);
+      lumen::sae_train_init(st, opt, x);
+      {
+        torch::NoGradGuard ng;
+        st.sae.b_enc.uniform_(-0.5, 0.5);
+      }
+      if (with_dead) st.since_fired.narrow(0, 0, 300).fill_(5000);
+
+      Sae ref = st.sae.clone();
+      for (auto* p : {&ref.W_enc, &ref.b_enc, &ref.W_dec, &ref.b_dec}) p->requires_grad_(true);
+      auto pre = ref.pre_activation(x);  // [N,S]
+      auto err = (ref.decode(ref.activate(pre, true)) - x) * ref.config().act_scale;
+      auto loss = err.pow(2).sum(-1).mean();
+      auto dead = st.since_fired >= opt.dead_after_tokens;
+      const int64_t n_dead = dead.sum().item<int64_t>();
+      if (n_dead > 0) {
+        const int64_t ka = std::min<int64_t>(opt.sae.d_in / 2, n_dead);
+        auto top = torch::topk(pre.masked_fill(dead.logical_not().unsqueeze(0), -INFINITY), ka, -1);
+        auto f_aux = torch::zeros_like(pre).scatter(-1, std::get<1>(top), torch::relu(std::get<0>(top)));
+        auto e = -err.detach();
+        auto aux = (torch::matmul(f_aux, ref.W_dec) - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean();
+        loss = loss + opt.aux_k_coeff * std::min(1.0, static_cast<double>(n_dead) / ka) * aux;
+      }
+      auto g = torch::autograd::grad({loss}, ref.parameters());
+      g[2] = g[2] - (g[2] * ref.W_dec).sum(1, true) * ref.W_dec;  // the step's radial projection
+
+      lumen::SaeStepStats acc;
+      lumen::sae_train_step(st, opt, 100, x, acc, [](const std::string&) {});
+      const std::string what = std::string(lumen::to_string(arch)) + (with_dead ? ", dead latents" : "");
+      EXPECT_NEAR(acc.loss, loss.item<double>(), 1e-5 * loss.item<double>()) << what;
+      for (size_t i = 0; i < 4; ++i) {
+        auto step_g = st.adam.m[i] / (1 - opt.adam_beta1);
+        EXPECT_LT((step_g - g[i]).abs().max().item<double>(), 1e-5 * (1 + g[i].abs().max().item<double>())) << what << " param " << i;
+      }
+    }
 }
 
 TEST(SaeTrain, ResumeEqualsUninterruptedBitForBit) {
