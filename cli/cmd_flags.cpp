@@ -10,10 +10,11 @@ namespace lumen_cli {
 namespace {
 
 struct FlagsTrainArgs {
-  std::string concepts, corpus, rules, out, dims;
+  std::string concepts, corpus, rules, out, dims, scope = "window";
   int64_t layer = 2, n_dims = 16, steps_write = 200, steps_rely = 1200, batch = 16, seq_len = 128;
   int64_t max_texts = -1, checkpoint_every = 200, log_every = 100;
-  double alpha = 4.0, lr = 3e-3, on_scale = 4.0, supply_rate = 1.0, weight_decay = 0.0, balance = 0.5;
+  double alpha = 4.0, lr = 3e-3, on_scale = 4.0, supply_rate = 1.0, weight_decay = 0.0, balance = 0.5, max_pos_weight = 10.0,
+         supply_noise = 0.0;
   bool no_supply = false, resume = false;
   uint64_t seed = 0;
 };
@@ -66,6 +67,9 @@ int cmd_train(const ModelArgs& ma, const FlagsTrainArgs& a) {
   o.supply_flags = !a.no_supply;
   o.supply_rate = a.supply_rate;
   o.balance = a.balance;
+  o.scope = lumen::parse_flag_scope(a.scope);
+  o.max_pos_weight = a.max_pos_weight;
+  o.supply_noise = a.supply_noise;
   o.batch = a.batch;
   o.seq_len = a.seq_len;
   o.lr = a.lr;
@@ -181,6 +185,19 @@ void add_flags_commands(CLI::App& app, int& rc) {
   train->add_option("--supply-rate", ta->supply_rate, "share of stage-2 batches with true flags supplied")->capture_default_str();
   train->add_option("--balance", ta->balance, "share of batch rows drawn as positives of a random concept")
       ->capture_default_str();
+  train->add_option("--scope", ta->scope,
+                    "what a flag says at position t: window (the concept occurs in the window) or prefix "
+                    "(it has occurred by t)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"window", "prefix"}));
+  train->add_option("--max-pos-weight", ta->max_pos_weight,
+                    "cap on the aux up-weighting of positives (neg/pos); 1: unweighted")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 1000.0));
+  train->add_option("--supply-noise", ta->supply_noise,
+                    "std of Gaussian noise added to the supplied flags, in units of the on value")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
   train->add_option("--batch", ta->batch, "texts per step")->capture_default_str();
   train->add_option("--seq-len", ta->seq_len, "tokens per text window")->capture_default_str();
   train->add_option("--lr", ta->lr, "AdamW peak learning rate")->capture_default_str();

@@ -55,6 +55,13 @@ void save_concepts_jsonl(const std::string& path, const ConceptCorpus& corpus);
 
 // ---- the flag specification (flags.json next to a flagged checkpoint) ----------------------------
 
+// What a flag says at position t. Window: the concept occurs somewhere in the window, so a flag
+// announces what is still to come and the model can only guess it early on. Prefix: the concept has
+// occurred at or before t, so the model can write the flag exactly from what it has read.
+enum class FlagScope { Window, Prefix };
+std::string flag_scope_name(FlagScope s);
+FlagScope parse_flag_scope(const std::string& s);  // "window" | "prefix"; throws Error(Arg)
+
 struct FlagSpec {
   std::vector<std::string> concepts;
   std::vector<int64_t> dims;      // residual dimension of each concept
@@ -64,6 +71,7 @@ struct FlagSpec {
   std::string base_model;         // what was fine-tuned (for base-vs-flagged evaluation)
   std::vector<ConceptRule> rules; // empty when labels came from JSONL
   int64_t seq_len = 128;
+  FlagScope scope = FlagScope::Window;
   std::string hook_name() const;
   int64_t index_of(const std::string& concept) const;  // throws Error(Arg) naming the known ones
 };
@@ -73,6 +81,8 @@ void save_flag_spec(const std::string& dir, const FlagSpec& spec);
 // Forces flag dimensions: values[i] for dims[i], at every position (a Replace on those dims only).
 // Other dimensions pass through untouched, so gradients still flow through them.
 Intervention force_dims(const std::vector<int64_t>& dims, const std::vector<double>& values, int64_t d_model);
+// x [B,T,D] with dims `dim_idx` [k] replaced by `values` [B,T,k] or [B,1,k]; the rest passes through.
+at::Tensor replace_dims(const at::Tensor& x, const at::Tensor& dim_idx, const at::Tensor& values);
 
 // ---- training (src/flags/train.cpp) --------------------------------------------------------------
 struct FlagTrainOptions {
@@ -86,6 +96,9 @@ struct FlagTrainOptions {
   bool supply_flags = true;      // stage 2 replaces the flag dims with the true labels
   double supply_rate = 1.0;      // share of stage-2 batches that get the true flags
   double balance = 0.5;          // share of batch rows drawn as a positive of a uniformly chosen concept
+  FlagScope scope = FlagScope::Window;  // what a flag says at each position (needs rules for Prefix)
+  double max_pos_weight = 10.0;  // positives' aux weight is neg/pos, capped here (1: unweighted)
+  double supply_noise = 0.0;     // std of Gaussian noise on supplied flags, in units of on_value
   int64_t batch = 16;
   int64_t seq_len = 128;
   double lr = 3e-3;
@@ -117,12 +130,18 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
 std::vector<int64_t> choose_flag_dims(const Model& model, const std::vector<at::Tensor>& windows, int64_t layer,
                                       int64_t k, double* rms_out = nullptr);
 // Texts -> [BOS + tokens] windows truncated to seq_len, with the labels of what the window keeps.
+// With rules, `first` holds the position of the token that completes a concept's first mention
+// (-1 when absent); with given labels a present concept counts from position 0.
 struct TokenWindows {
   std::vector<at::Tensor> tokens;          // each [T] int64, T <= seq_len
   std::vector<std::vector<uint8_t>> labels;
+  std::vector<std::vector<int16_t>> first;
+  bool exact_positions = false;            // `first` came from rules
 };
 TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
                           int64_t seq_len);
+// The 0/1 flag labels [B,T,k] of windows `idx` at positions 0..T-1 under `scope`.
+at::Tensor flag_labels(const TokenWindows& w, const std::vector<int64_t>& idx, int64_t T, int64_t k, FlagScope scope);
 
 // ---- steering and evaluation (src/flags/eval.cpp) ------------------------------------------------
 struct SteerOptions {

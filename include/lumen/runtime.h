@@ -16,20 +16,4 @@ void init_runtime(int argc, char** argv);
 // "passive" / "active" / "default": what this process runs with.
 const char* omp_wait_policy();
 
-// OpenBLAS keeps its own thread pool beside libtorch's. A matrix-vector product on a small matrix
-// is split across it too, and when a core is busy each call waits for a descheduled worker:
-// decoding the 15M shape ran 3.4x slower that way on 2 loaded cores. While one of these lives,
-// OpenBLAS runs on the calling thread only. No-op when the BLAS is not OpenBLAS. Not reentrant
-// across threads (OpenBLAS's setting is process-wide).
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas();
-  ~SingleThreadedBlas();
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  int saved_ = 0;
-};
-
 }  // namespace lumen

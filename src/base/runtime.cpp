@@ -1,6 +1,6 @@
 #include "lumen/runtime.h"
 
-#include <dlfcn.h>
+#include <strings.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -53,36 +53,6 @@ const char* omp_wait_policy() {
   if (strcasecmp(p, "passive") == 0) return "passive";
   if (strcasecmp(p, "active") == 0) return "active";
   return p;
-}
-
-namespace {
-
-struct OpenBlas {
-  int (*get)() = nullptr;
-  void (*set)(int) = nullptr;
-  OpenBlas() {
-    get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    if (!get || !set) get = nullptr, set = nullptr;
-  }
-};
-
-const OpenBlas& openblas() {
-  static const OpenBlas o;
-  return o;
-}
-
-}  // namespace
-
-SingleThreadedBlas::SingleThreadedBlas() {
-  const OpenBlas& o = openblas();
-  if (!o.set) return;
-  saved_ = o.get();
-  if (saved_ > 1) o.set(1);
-}
-
-SingleThreadedBlas::~SingleThreadedBlas() {
-  if (saved_ > 1) openblas().set(saved_);
 }
 
 }  // namespace lumen

@@ -215,6 +215,14 @@ int64_t FlagSpec::index_of(const std::string& concept) const {
   throw Error(ErrorKind::Arg, "unknown flag concept '" + concept + "' (this checkpoint has: " + known + ")");
 }
 
+std::string flag_scope_name(FlagScope s) { return s == FlagScope::Prefix ? "prefix" : "window"; }
+
+FlagScope parse_flag_scope(const std::string& s) {
+  if (s == "window") return FlagScope::Window;
+  if (s == "prefix") return FlagScope::Prefix;
+  throw Error(ErrorKind::Arg, "unknown flag scope '" + s + "' (expected window or prefix)");
+}
+
 FlagSpec load_flag_spec(const std::string& dir) {
   const std::string path = join_path(dir, "flags.json");
   json j;
@@ -239,6 +247,10 @@ FlagSpec load_flag_spec(const std::string& dir) {
   }
   require(s.concepts.size() == s.dims.size() && !s.dims.empty(), ErrorKind::Format,
           path + ": 'concepts' and 'dims' must be non-empty and the same length");
+  const std::string scope = j.contains("scope") && j["scope"].is_string() ? j["scope"].get<std::string>() : "window";
+  require(scope == "window" || scope == "prefix", ErrorKind::Format,
+          path + ": 'scope' must be \"window\" or \"prefix\", found \"" + scope + "\"");
+  s.scope = parse_flag_scope(scope);
   // Rules are stored as an object (sorted by name); put them back in concept order.
   if (!s.rules.empty()) {
     std::vector<ConceptRule> ordered;
@@ -261,6 +273,7 @@ void save_flag_spec(const std::string& dir, const FlagSpec& s) {
   j["off_value"] = s.off_value;
   j["base_model"] = s.base_model;
   j["seq_len"] = s.seq_len;
+  j["scope"] = flag_scope_name(s.scope);
   if (!s.rules.empty()) {
     json r = json::object();
     for (const auto& rule : s.rules) r[rule.name] = rule.words;

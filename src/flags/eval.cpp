@@ -25,8 +25,8 @@ std::vector<std::string> decode_rows(const Model& model, const GenerateResult& r
 }
 
 // Per-text statistics of one pass over windows: mean-pooled residual at the flag layer and the
-// mean next-token loss, optionally with the flag dims replaced by `forced` [N,K] (row i's values at
-// every position of window i).
+// mean next-token loss, optionally with the flag dims replaced by `forced`: [N,1,K] (row i's values
+// at every position of window i) or [N,seq_len,K] (per position).
 struct PassStats {
   torch::Tensor pooled;    // [N,D] mean over positions >= 1
   torch::Tensor last;      // [N,D] at the last position (the whole window seen)
@@ -59,9 +59,11 @@ PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& sp
     hooks.cache(spec.hook_name());
     if (forced) {
       auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
-      auto rows = forced->narrow(0, a, b - a).to(model.device(), torch::kFloat).unsqueeze(1);  // [B,1,K]
+      auto rows = forced->narrow(0, a, b - a);
+      if (rows.size(1) > 1) rows = rows.narrow(1, 0, T);
+      rows = rows.to(model.device(), torch::kFloat);
       hooks.add(spec.hook_name(), Intervention::callback([dim_idx, rows](const at::Tensor& x, const HookContext&) {
-        return x.index_fill(2, dim_idx, 0.0).index_add(2, dim_idx, rows.expand({x.size(0), x.size(1), rows.size(2)}).to(x.scalar_type()));
+        return replace_dims(x, dim_idx, rows);
       }));
     }
     RunOptions ro;
@@ -212,9 +214,11 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
 
   PassStats fb = run_pass(base, w, spec, nullptr), ff = run_pass(flagged, w, spec, nullptr);
   auto dims_t = torch::tensor(spec.dims, torch::kLong);
-  auto mean_f = ff.dim_mean.index_select(0, dims_t).unsqueeze(0).expand({N, K}).contiguous();
-  auto mean_b = fb.dim_mean.index_select(0, dims_t).unsqueeze(0).expand({N, K}).contiguous();
-  auto truth = spec.off_value + labels * (spec.on_value - spec.off_value);  // [N,K]
+  auto mean_f = ff.dim_mean.index_select(0, dims_t).view({1, 1, K}).expand({N, 1, K}).contiguous();
+  auto mean_b = fb.dim_mean.index_select(0, dims_t).view({1, 1, K}).expand({N, 1, K}).contiguous();
+  std::vector<int64_t> all(N);
+  for (int64_t i = 0; i < N; ++i) all[i] = i;
+  auto truth = spec.off_value + flag_labels(w, all, spec.seq_len, K, spec.scope) * (spec.on_value - spec.off_value);
   PassStats fa = run_pass(flagged, w, spec, &mean_f), ba = run_pass(base, w, spec, &mean_b);
   PassStats fs = run_pass(flagged, w, spec, &truth);
 

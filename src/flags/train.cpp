@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <sys/stat.h>
 
 #include "lumen/error.h"
@@ -34,26 +35,71 @@ Intervention force_dims(const std::vector<int64_t>& dims, const std::vector<doub
   });
 }
 
+at::Tensor replace_dims(const at::Tensor& x, const at::Tensor& dim_idx, const at::Tensor& values) {
+  const int64_t k = dim_idx.size(0);
+  if (!(values.dim() == 3 && values.size(2) == k && values.size(0) == x.size(0) &&
+        (values.size(1) == 1 || values.size(1) == x.size(1)))) {
+    std::ostringstream o;
+    o << "replace_dims: values must be [B,T,k] or [B,1,k] for x " << x.sizes() << " and k=" << k << ", got "
+      << values.sizes();
+    throw Error(ErrorKind::Shape, o.str());
+  }
+  auto v = values.to(x.device(), x.scalar_type()).expand({x.size(0), x.size(1), k});
+  return x.index_fill(2, dim_idx, 0.0).index_add(2, dim_idx, v);
+}
+
 TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
                           int64_t seq_len) {
   const Tokenizer& tok = model.require_tokenizer();
   TokenWindows w;
+  w.exact_positions = !rules.empty();
   for (const auto& it : corpus.items) {
     auto ids = tok.encode(it.text, true);
     if (static_cast<int64_t>(ids.size()) > seq_len) ids.resize(seq_len);
     if (ids.size() < 8) continue;
     std::vector<uint8_t> labels = it.labels;
+    std::vector<int16_t> first(labels.size(), -1);
+    for (size_t c = 0; c < labels.size(); ++c)
+      if (labels[c]) first[c] = 0;
     // Rule labels describe what the window keeps, so a flag means "this text (as seen) needs it".
     if (!rules.empty()) {
-      const std::string kept = tok.decode(ids);
-      for (size_t c = 0; c < rules.size() && c < labels.size(); ++c) labels[c] = rule_matches(rules[c], kept) ? 1 : 0;
+      auto seen = [&](size_t c, size_t n) {
+        return rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + n)));
+      };
+      for (size_t c = 0; c < rules.size() && c < labels.size(); ++c) {
+        labels[c] = seen(c, ids.size()) ? 1 : 0;
+        first[c] = -1;
+        if (!labels[c]) continue;
+        // The shortest prefix that mentions the concept (binary search: mentions only accumulate).
+        size_t lo = 1, hi = ids.size();
+        while (lo < hi) {
+          const size_t mid = (lo + hi) / 2;
+          if (seen(c, mid)) hi = mid; else lo = mid + 1;
+        }
+        first[c] = static_cast<int16_t>(lo - 1);
+      }
     }
     std::vector<int64_t> v(ids.begin(), ids.end());
     w.tokens.push_back(torch::tensor(v, torch::kLong));
     w.labels.push_back(std::move(labels));
+    w.first.push_back(std::move(first));
   }
   require(!w.tokens.empty(), ErrorKind::Arg, "flags: no text gave a window of at least 8 tokens");
   return w;
+}
+
+at::Tensor flag_labels(const TokenWindows& w, const std::vector<int64_t>& idx, int64_t T, int64_t k, FlagScope scope) {
+  require(scope == FlagScope::Window || w.exact_positions, ErrorKind::Arg,
+          "flags: the prefix scope needs rule labels (positions of mentions); JSONL labels have none");
+  auto out = torch::zeros({static_cast<int64_t>(idx.size()), T, k}, torch::kFloat);
+  auto a = out.accessor<float, 3>();
+  for (size_t b = 0; b < idx.size(); ++b)
+    for (int64_t c = 0; c < k; ++c) {
+      if (!w.labels[idx[b]][c]) continue;
+      const int64_t from = scope == FlagScope::Prefix ? w.first[idx[b]][c] : 0;
+      for (int64_t t = std::max<int64_t>(from, 0); t < T; ++t) a[b][t][c] = 1.0f;
+    }
+  return out;
 }
 
 namespace {
@@ -87,6 +133,9 @@ std::string fingerprint(const FlagTrainOptions& o, size_t n_windows, size_t n_co
   j["steps"] = {o.steps_write, o.steps_rely};
   j["supply"] = {o.supply_flags, o.supply_rate};
   j["balance"] = o.balance;
+  if (o.scope != FlagScope::Window) j["scope"] = flag_scope_name(o.scope);
+  if (o.max_pos_weight != 10.0) j["max_pos_weight"] = o.max_pos_weight;
+  if (o.supply_noise != 0.0) j["supply_noise"] = o.supply_noise;
   j["batch"] = o.batch;
   j["seq_len"] = o.seq_len;
   j["lr"] = o.lr;
@@ -152,6 +201,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   spec.layer = opt.layer;
   spec.base_model = base_path;
   spec.seq_len = opt.seq_len;
+  spec.scope = opt.scope;
   for (int64_t c = 0; c < k && c < static_cast<int64_t>(rules.size()); ++c) spec.rules.push_back(rules[c]);
 
   model.set_requires_grad(true);
@@ -203,17 +253,16 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   std::vector<int64_t> drawable;  // concepts with at least one positive window
   for (int64_t c = 0; c < k; ++c)
     if (!positives_of[c].empty()) drawable.push_back(c);
-  // Rare concepts would be learned as "always off": positives are up-weighted by neg/pos (<= 10),
+  // Rare concepts would be learned as "always off": positives are up-weighted by neg/pos (<= max_pos_weight),
   // at the rate a batch row is positive once balancing is counted (co-occurrence ignored).
   std::vector<double> pw(k, 1.0);
   for (int64_t c = 0; c < k; ++c) {
     if (positives_of[c].empty()) continue;
     const double p = (1.0 - opt.balance) * positives_of[c].size() / N + (drawable.empty() ? 0.0 : opt.balance / drawable.size());
-    pw[c] = std::min(10.0, std::max(1.0, (1.0 - p) / p));
+    pw[c] = std::min(opt.max_pos_weight, std::max(1.0, (1.0 - p) / p));
   }
   auto pos_weight = torch::tensor(pw, torch::kFloat).to(model.device());
   auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
-  const int64_t D = cfg.d_model;
 
   torch::Tensor stash, supply_values;  // set per step; read by the hook
   bool supply_now = false;
@@ -222,7 +271,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     stash = x;
     if (!supply_now) return {};
     // Stage 2: the true flags replace whatever the model wrote, so later layers learn to trust them.
-    return x.index_fill(2, dim_idx, 0.0) + supply_values;
+    return replace_dims(x, dim_idx, supply_values);
   }));
 
   // A fixed batch (the first windows, flags not supplied) measures aux before and after training.
@@ -231,10 +280,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     std::vector<int64_t> idx;
     for (int64_t i = 0; i < std::min<int64_t>(32, N); ++i) idx.push_back(i);
     auto [tokens, valid] = pad_batch(win.tokens, idx);
-    auto lab = torch::zeros({static_cast<int64_t>(idx.size()), k}, torch::kFloat);
-    for (size_t b = 0; b < idx.size(); ++b)
-      for (int64_t c = 0; c < k; ++c) lab[b][c] = static_cast<float>(win.labels[idx[b]][c]);
-    lab = lab.to(model.device());
+    auto lab = flag_labels(win, idx, tokens.size(1), k, opt.scope).to(model.device());  // [B,T,k]
     supply_now = false;
     RunOptions ro;
     ro.hooks = &hooks;
@@ -243,8 +289,8 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     auto xs = stash.to(torch::kFloat).index_select(2, dim_idx);
     auto am = valid.to(model.device()).to(torch::kFloat);
     am.select(1, 0).zero_();
-    auto wm = (1.0 + lab * (pos_weight - 1.0)).unsqueeze(1) * am.unsqueeze(2);
-    return ((((xs - (lab * spec.on_value).unsqueeze(1)) / spec.on_value).pow(2) * wm).sum() / wm.sum()).item<double>();
+    auto wm = (1.0 + lab * (pos_weight - 1.0)) * am.unsqueeze(2);
+    return ((((xs - lab * spec.on_value) / spec.on_value).pow(2) * wm).sum() / wm.sum()).item<double>();
   };
 
   FlagTrainResult res;
@@ -269,13 +315,15 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     auto [tokens, valid] = pad_batch(win.tokens, idx);
     tokens = tokens.to(model.device());
     valid = valid.to(model.device());
-    auto lab = torch::zeros({opt.batch, k}, torch::kFloat);
-    for (int64_t b = 0; b < opt.batch; ++b)
-      for (int64_t c = 0; c < k; ++c) lab[b][c] = static_cast<float>(win.labels[idx[b]][c]);
-    lab = lab.to(model.device());
+    auto lab = flag_labels(win, idx, tokens.size(1), k, opt.scope).to(model.device());  // [B,T,k]
     const double on = spec.on_value;
-    supply_values = torch::zeros({opt.batch, 1, D}, torch::kFloat).to(model.device());
-    supply_values.index_copy_(2, dim_idx, (lab * on).unsqueeze(1));
+    supply_values = lab * on;
+    if (supply_now && opt.supply_noise > 0) {
+      // Later layers that only ever saw exact 0 / on_value react to the small errors of the model's
+      // own write; noise on what is supplied teaches them to read the flags with a tolerance.
+      auto gen = at::detail::createCPUGenerator(mix(opt.seed ^ 0x5eed, step));
+      supply_values = supply_values + (torch::randn(lab.sizes(), gen, torch::kFloat) * (opt.supply_noise * on)).to(lab.device());
+    }
 
     RunOptions ro;
     ro.hooks = &hooks;
@@ -288,8 +336,8 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     auto lm = (nll * vm.reshape({-1})).sum() / vm.sum();
     // aux: squared error in units of on_value, at every position after BOS.
     auto xs = stash.to(torch::kFloat).index_select(2, dim_idx);  // [B,T,k]
-    auto target = (lab * on).unsqueeze(1);                       // [B,1,k]
-    auto w = (1.0 + lab * (pos_weight - 1.0)).unsqueeze(1);      // [B,1,k]
+    auto target = lab * on;                                      // [B,T,k]
+    auto w = 1.0 + lab * (pos_weight - 1.0);                     // [B,T,k]
     auto am = valid.to(torch::kFloat).clone();
     am.select(1, 0).zero_();
     auto wm = w * am.unsqueeze(2);
@@ -321,7 +369,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     if (opt.log_every > 0 && ((step + 1) % opt.log_every == 0 || step + 1 == total)) {
       torch::NoGradGuard ng;
       auto pred = (xs.detach() > on * 0.5).to(torch::kFloat);
-      auto acc = ((pred == target.detach().expand_as(xs).gt(0).to(torch::kFloat)).to(torch::kFloat) * am.unsqueeze(2))
+      auto acc = ((pred == target.detach().gt(0).to(torch::kFloat)).to(torch::kFloat) * am.unsqueeze(2))
                      .sum().item<double>() / (am.sum().item<double>() * k);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       char buf[256];

@@ -12,7 +12,7 @@
 #include <utility>
 
 #include "lumen/error.h"
-#include "lumen/runtime.h"
+#include "base/gemv.h"
 #include "model/impl.h"
 
 namespace lumen {
@@ -80,6 +80,77 @@ torch::Tensor rope_cpu(const torch::Tensor& x_in, const torch::Tensor& cos_in, c
   return y;
 }
 
+// One query per row (decoding), attention core in one pass: z[b,h] = softmax(scale q.k_j (soft-
+// capped, hidden keys at -inf)) . v_j over the cached keys j < Tk. As torch ops this is about a dozen
+// dispatches per layer, which cost more than its arithmetic at T = 1. q [B,1,H,E] contiguous;
+// k, v [B,K,cap,E] (rows contiguous); hidden [B|1,1,1,Tk] bool or undefined. Returns z [B,1,H,E].
+torch::Tensor attend_one_cpu(const torch::Tensor& q_in, const torch::Tensor& k, const torch::Tensor& v, int64_t Tk,
+                             double scale, double softcap, const torch::Tensor& hidden_in) {
+  const auto q = q_in.contiguous();
+  const int64_t B = q.size(0), H = q.size(2), E = q.size(3), K = k.size(1), G = H / K;
+  auto z = torch::empty_like(q);
+  const torch::Tensor hidden = hidden_in.defined() ? hidden_in.contiguous() : hidden_in;
+  const bool* hp = hidden.defined() ? hidden.data_ptr<bool>() : nullptr;
+  const int64_t hb = hidden.defined() && hidden.size(0) > 1 ? Tk : 0;  // mask stride per batch row
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* zp = z.data_ptr<float>();
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  // Parallel over (b, h) only when there is enough work to pay for waking a thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, Tk * E));
+  at::parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(Tk);
+    for (int64_t bh = i0; bh < i1; ++bh) {
+      const int64_t b = bh / H, h = bh % H, kv = h / G;
+      const float* qr = qp + bh * E;
+      const float* kb = kp + b * ks0 + kv * ks1;
+      const float* vb = vp + b * vs0 + kv * vs1;
+      const bool* hr = hp ? hp + b * hb : nullptr;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < Tk; ++j) {
+        if (hr && hr[j]) {
+          p[j] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        const float* kr = kb + j * ks2;
+        float d = 0.f;
+        for (int64_t e = 0; e < E; ++e) d += qr[e] * kr[e];
+        d *= static_cast<float>(scale);
+        if (softcap > 0) d = static_cast<float>(std::tanh(d / softcap) * softcap);
+        p[j] = d;
+        mx = std::max(mx, d);
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < Tk; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      const float inv = 1.f / sum;
+      float* zr = zp + bh * E;
+      for (int64_t e = 0; e < E; ++e) zr[e] = 0.f;
+      for (int64_t j = 0; j < Tk; ++j) {
+        const float w = p[j] * inv;
+        if (w == 0.f) continue;
+        const float* vr = vb + j * vs2;
+        for (int64_t e = 0; e < E; ++e) zr[e] += w * vr[e];
+      }
+    }
+  });
+  return z;
+}
+
+// silu(gate) * up in one pass (SwiGLU); gate, up contiguous, same shape.
+torch::Tensor swiglu_cpu(const torch::Tensor& gate_in, const torch::Tensor& up_in) {
+  const auto g = gate_in.contiguous(), u = up_in.contiguous();
+  auto y = torch::empty_like(g);
+  const float* gp = g.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, g.numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) yp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up[i];
+  });
+  return y;
+}
+
 // Calls into the hook set only where something is registered.
 struct Hooks {
   HookSet* set;
@@ -115,18 +186,23 @@ torch::Tensor activation(ActKind a, const torch::Tensor& x) {
   return x;
 }
 
-// One input row (decoding) goes through a matrix-vector product: BLAS gemv streams the weight
-// once, where a GEMM with M = 1 is 2-6x slower on the same weights (measured in bench/). Matrices
-// under 1M elements (4 MB, cache-sized) run on this thread alone: splitting them across OpenBLAS's
-// pool saves little and, on a loaded machine, stalls on descheduled workers.
+// One input row (decoding) goes through a matrix-vector product: it streams the weight once, where a
+// GEMM with M = 1 is 2-6x slower on the same weights (measured in bench/). Without autograd on a
+// float32 CPU tensor it runs on lumen's two-thread gemv (base/gemv.h), which never waits for a
+// descheduled worker; otherwise on torch::mv.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
   if (x.numel() == x.size(-1)) {
-    std::optional<SingleThreadedBlas> one_thread;
-    if (w.device().is_cpu() && w.numel() < (int64_t(1) << 20)) one_thread.emplace();
-    auto y = torch::mv(w, x.reshape({-1}));
-    if (b.defined()) y = y + b;
     auto shape = x.sizes().vec();
     shape.back() = w.size(0);
+    torch::Tensor y;
+    if (fusable(x, w) && w.is_contiguous()) {
+      const auto xc = x.contiguous();
+      y = torch::empty({w.size(0)}, x.options());
+      gemv_rows(w.data_ptr<float>(), xc.data_ptr<float>(), y.data_ptr<float>(), w.size(0), w.size(1));
+    } else {
+      y = torch::mv(w, x.reshape({-1}));
+    }
+    if (b.defined()) y = y + b;
     return y.view(shape);
   }
   return b.defined() ? torch::linear(x, w, b) : torch::linear(x, w);
@@ -297,20 +373,27 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const RunOptions& opt) co
       k_all = k.transpose(1, 2);
       v_all = v.transpose(1, 2);
     }
-    // Query heads h = kv*G + g share kv head `kv`: fold (G, T) into one axis so one batched
-    // matmul per kv head serves all its query heads without copying keys.
-    auto qg = (q * c.attn_scale).transpose(1, 2).reshape({B, K, G * T, E});
-    auto scores = torch::matmul(qg, k_all.transpose(-1, -2)).view({B, H, T, Tk});
-    if (c.attn_softcap > 0) scores = torch::tanh(scores / c.attn_softcap) * c.attn_softcap;
-    // In place: the scores are a fresh product (or soft-cap output) that no backward pass reads.
     const torch::Tensor& masked = c.layer_slides(l) ? hidden_sliding : hidden_global;
-    if (masked.defined()) scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
-    scores = hook(HookSite::attn_scores, li, scores);
-    auto pattern = scores.scalar_type() == torch::kFloat || scores.scalar_type() == torch::kDouble
-                       ? torch::softmax(scores, -1)
-                       : torch::softmax(scores, -1, torch::kFloat).to(scores.scalar_type());
-    pattern = hook(HookSite::attn_pattern, li, pattern);  // [B,H,T,Tk]
-    auto z = torch::matmul(pattern.reshape({B, K, G * T, Tk}), v_all).view({B, H, T, E}).transpose(1, 2);
+    torch::Tensor z;
+    const bool scores_hooked = opt.hooks && (opt.hooks->active({HookSite::attn_scores, li}) ||
+                                             opt.hooks->active({HookSite::attn_pattern, li}));
+    if (T == 1 && cache && !scores_hooked && fusable(q, k_all) && fusable(q, v_all)) {
+      z = attend_one_cpu(q, cache->k[l], cache->v[l], Tk, c.attn_scale, c.attn_softcap, masked);
+    } else {
+      // Query heads h = kv*G + g share kv head `kv`: fold (G, T) into one axis so one batched
+      // matmul per kv head serves all its query heads without copying keys.
+      auto qg = (q * c.attn_scale).transpose(1, 2).reshape({B, K, G * T, E});
+      auto scores = torch::matmul(qg, k_all.transpose(-1, -2)).view({B, H, T, Tk});
+      if (c.attn_softcap > 0) scores = torch::tanh(scores / c.attn_softcap) * c.attn_softcap;
+      // In place: the scores are a fresh product (or soft-cap output) that no backward pass reads.
+      if (masked.defined()) scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
+      scores = hook(HookSite::attn_scores, li, scores);
+      auto pattern = scores.scalar_type() == torch::kFloat || scores.scalar_type() == torch::kDouble
+                         ? torch::softmax(scores, -1)
+                         : torch::softmax(scores, -1, torch::kFloat).to(scores.scalar_type());
+      pattern = hook(HookSite::attn_pattern, li, pattern);  // [B,H,T,Tk]
+      z = torch::matmul(pattern.reshape({B, K, G * T, Tk}), v_all).view({B, H, T, E}).transpose(1, 2);
+    }
     z = hook(HookSite::attn_z, li, z);  // [B,T,H,E]
     auto attn = project(z.reshape({B, T, H * E}), w.wo, w.bo);
     if (c.sandwich_norms) attn = rms_norm(attn, w.post_attn_w, c.norm_eps);
@@ -323,7 +406,7 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const RunOptions& opt) co
     if (c.mlp == MlpKind::Gated) {
       auto gate = hook(HookSite::mlp_pre, li, project(m_in, w.w_in, w.b_in));
       auto up = hook(HookSite::mlp_pre_linear, li, project(m_in, w.w_up));
-      post = activation(c.act, gate) * up;
+      post = c.act == ActKind::Silu && fusable(gate, up) ? swiglu_cpu(gate, up) : activation(c.act, gate) * up;
     } else {
       post = activation(c.act, hook(HookSite::mlp_pre, li, project(m_in, w.w_in, w.b_in)));
     }

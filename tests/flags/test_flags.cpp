@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "lumen/error.h"
 #include "lumen/files.h"
 #include "lumen/flags.h"
 
@@ -67,6 +68,65 @@ TEST(FlagsExport, Stories260KRoundTripSameLogits) {
   EXPECT_LT((la - lb).abs().max().item<double>(), 1e-4);
 }
 
+TEST(FlagsLabels, PrefixScopeTurnsOnAtTheFirstMention) {
+  LUMEN_REQUIRE_SHARED(kModel);
+  auto model = lumen::Model::load(lumen_test::shared_path(kModel));
+  const auto& tok = model.require_tokenizer();
+  auto rules = lumen::default_tinystories_rules();
+  auto corpus = lumen::label_texts({"Tom went out to play. He saw a dog in the park. The dog ran to the park."}, rules);
+  auto w = lumen::make_windows(model, corpus, rules, 64);
+  ASSERT_EQ(w.tokens.size(), 1u);
+  ASSERT_TRUE(w.exact_positions);
+  const int64_t dog = 0, park = 9, cat = 1;
+  ASSERT_EQ(corpus.concepts[dog], "dog");
+  ASSERT_EQ(corpus.concepts[park], "park");
+  const int64_t T = w.tokens[0].size(0), K = corpus.concepts.size();
+  std::vector<int32_t> ids;
+  for (int64_t t = 0; t < T; ++t) ids.push_back(static_cast<int32_t>(w.tokens[0][t].item<int64_t>()));
+  for (int64_t c : {dog, park}) {
+    const int64_t f = w.first[0][c];
+    ASSERT_GT(f, 0) << corpus.concepts[c];
+    // The prefix through token f mentions the concept; the one before it does not.
+    EXPECT_TRUE(lumen::rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + f + 1))));
+    EXPECT_FALSE(lumen::rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + f))));
+  }
+  EXPECT_LT(w.first[0][dog], w.first[0][park]);
+  EXPECT_EQ(w.first[0][cat], -1);
+  auto pre = lumen::flag_labels(w, {0}, T, K, lumen::FlagScope::Prefix);
+  auto win = lumen::flag_labels(w, {0}, T, K, lumen::FlagScope::Window);
+  for (int64_t t = 0; t < T; ++t) {
+    EXPECT_EQ(pre[0][t][dog].item<float>(), t >= w.first[0][dog] ? 1.f : 0.f) << t;
+    EXPECT_EQ(win[0][t][dog].item<float>(), 1.f) << t;
+    EXPECT_EQ(pre[0][t][cat].item<float>(), 0.f) << t;
+    EXPECT_EQ(win[0][t][cat].item<float>(), 0.f) << t;
+  }
+  // Given labels (JSONL) carry no positions: the prefix scope refuses them.
+  lumen::ConceptCorpus given;
+  given.concepts = {"dog"};
+  given.items = {{"Tom saw a dog in the park and ran home.", {1}}};
+  auto gw = lumen::make_windows(model, given, {}, 64);
+  EXPECT_THROW(lumen::flag_labels(gw, {0}, 8, 1, lumen::FlagScope::Prefix), lumen::Error);
+  EXPECT_EQ(lumen::flag_labels(gw, {0}, 8, 1, lumen::FlagScope::Window).sum().item<float>(), 8.f);
+  EXPECT_THROW(lumen::parse_flag_scope("future"), lumen::Error);
+}
+
+TEST(FlagsLabels, ReplaceDimsKeepsTheOthersAndChecksShapes) {
+  auto x = torch::randn({2, 5, 8});
+  auto idx = torch::tensor(std::vector<int64_t>{1, 6}, torch::kLong);
+  auto per_row = torch::tensor(std::vector<float>{3, 4, 5, 6}).view({2, 1, 2});
+  auto y = lumen::replace_dims(x, idx, per_row);
+  EXPECT_TRUE(torch::equal(y.select(2, 0), x.select(2, 0)));
+  EXPECT_TRUE(torch::equal(y.select(2, 7), x.select(2, 7)));
+  EXPECT_EQ(y[1][3][6].item<float>(), 6.f);
+  EXPECT_EQ(y[0][0][1].item<float>(), 3.f);
+  auto per_pos = torch::arange(20, torch::kFloat).view({2, 5, 2});
+  auto z = lumen::replace_dims(x, idx, per_pos);
+  EXPECT_EQ(z[1][4][1].item<float>(), 18.f);
+  EXPECT_EQ(z[1][4][6].item<float>(), 19.f);
+  EXPECT_THROW(lumen::replace_dims(x, idx, torch::zeros({2, 3, 2})), lumen::Error);
+  EXPECT_THROW(lumen::replace_dims(x, idx, torch::zeros({2, 1, 3})), lumen::Error);
+}
+
 lumen::FlagTrainOptions tiny_opts(const std::string& out) {
   lumen::FlagTrainOptions o;
   o.layer = 2;
@@ -110,6 +170,30 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   EXPECT_EQ(r2b.spec.dims, r1.spec.dims);
   auto p1 = m1.named_parameters(), p3 = m3.named_parameters();
   for (auto& kv : p1) EXPECT_TRUE(torch::equal(kv.second, p3.at(kv.first))) << kv.first;
+
+  // The prefix scope with noisy supply resumes bit-identically too (the noise is seeded per step).
+  {
+    const std::string d3 = lumen_test::temp_dir("flags_prefix_full"), d4 = lumen_test::temp_dir("flags_prefix_resume");
+    auto o3 = tiny_opts(d3), o4 = tiny_opts(d4);
+    for (auto* o : {&o3, &o4}) {
+      o->scope = lumen::FlagScope::Prefix;
+      o->supply_noise = 0.2;
+      o->steps_write = 3;
+      o->steps_rely = 4;
+    }
+    auto ma = lumen::Model::load(path);
+    lumen::train_flags(ma, path, corpus, rules, o3);
+    o4.stop_after_steps = 5;
+    auto mb = lumen::Model::load(path);
+    lumen::train_flags(mb, path, corpus, rules, o4);
+    o4.stop_after_steps = -1;
+    o4.resume = true;
+    auto mc = lumen::Model::load(path);
+    lumen::train_flags(mc, path, corpus, rules, o4);
+    auto pa = ma.named_parameters(), pc = mc.named_parameters();
+    for (auto& kv : pa) EXPECT_TRUE(torch::equal(kv.second, pc.at(kv.first))) << kv.first;
+    EXPECT_EQ(lumen::load_flag_spec(d3).scope, lumen::FlagScope::Prefix);
+  }
 
   // The result is an ordinary checkpoint with flags.json; steering forces the dims.
   auto spec = lumen::load_flag_spec(d1);
