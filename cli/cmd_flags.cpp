@@ -15,7 +15,7 @@ struct FlagsTrainArgs {
   int64_t max_texts = -1, checkpoint_every = 200, log_every = 100;
   double alpha = 4.0, lr = 3e-3, on_scale = 4.0, supply_rate = 1.0, weight_decay = 0.0, balance = 0.5, max_pos_weight = 10.0,
          supply_noise = 0.0;
-  bool no_supply = false, resume = false;
+  bool no_supply = false, resume = false, supply_on_only = false;
   uint64_t seed = 0;
 };
 
@@ -70,6 +70,7 @@ int cmd_train(const ModelArgs& ma, const FlagsTrainArgs& a) {
   o.scope = lumen::parse_flag_scope(a.scope);
   o.max_pos_weight = a.max_pos_weight;
   o.supply_noise = a.supply_noise;
+  o.supply_on_only = a.supply_on_only;
   o.batch = a.batch;
   o.seq_len = a.seq_len;
   o.lr = a.lr;
@@ -198,6 +199,8 @@ void add_flags_commands(CLI::App& app, int& rc) {
                     "std of Gaussian noise added to the supplied flags, in units of the on value")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 10.0));
+  train->add_flag("--supply-on-only", ta->supply_on_only,
+                  "supply only present concepts; absent ones keep what the model wrote");
   train->add_option("--batch", ta->batch, "texts per step")->capture_default_str();
   train->add_option("--seq-len", ta->seq_len, "tokens per text window")->capture_default_str();
   train->add_option("--lr", ta->lr, "AdamW peak learning rate")->capture_default_str();

@@ -99,6 +99,7 @@ struct FlagTrainOptions {
   FlagScope scope = FlagScope::Window;  // what a flag says at each position (needs rules for Prefix)
   double max_pos_weight = 10.0;  // positives' aux weight is neg/pos, capped here (1: unweighted)
   double supply_noise = 0.0;     // std of Gaussian noise on supplied flags, in units of on_value
+  bool supply_on_only = false;   // supply only present concepts (on_value); absent ones keep the model's write
   int64_t batch = 16;
   int64_t seq_len = 128;
   double lr = 3e-3;

@@ -136,6 +136,7 @@ std::string fingerprint(const FlagTrainOptions& o, size_t n_windows, size_t n_co
   if (o.scope != FlagScope::Window) j["scope"] = flag_scope_name(o.scope);
   if (o.max_pos_weight != 10.0) j["max_pos_weight"] = o.max_pos_weight;
   if (o.supply_noise != 0.0) j["supply_noise"] = o.supply_noise;
+  if (o.supply_on_only) j["supply_on_only"] = true;
   j["batch"] = o.batch;
   j["seq_len"] = o.seq_len;
   j["lr"] = o.lr;
@@ -264,14 +265,17 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   auto pos_weight = torch::tensor(pw, torch::kFloat).to(model.device());
   auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
 
-  torch::Tensor stash, supply_values;  // set per step; read by the hook
+  torch::Tensor stash, supply_values, supply_on;  // set per step; read by the hook
   bool supply_now = false;
   HookSet hooks;
   hooks.add(spec.hook_name(), Intervention::callback([&](const at::Tensor& x, const HookContext&) -> at::Tensor {
     stash = x;
     if (!supply_now) return {};
     // Stage 2: the true flags replace whatever the model wrote, so later layers learn to trust them.
-    return replace_dims(x, dim_idx, supply_values);
+    if (!opt.supply_on_only) return replace_dims(x, dim_idx, supply_values);
+    // Only "on" is supplied: an absent concept's dim keeps the model's own write, so "not on" looks in
+    // training as it will in use, where the model cannot know yet what the text will mention.
+    return replace_dims(x, dim_idx, torch::where(supply_on, supply_values.to(x.scalar_type()), x.index_select(2, dim_idx)));
   }));
 
   // A fixed batch (the first windows, flags not supplied) measures aux before and after training.
@@ -318,6 +322,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     auto lab = flag_labels(win, idx, tokens.size(1), k, opt.scope).to(model.device());  // [B,T,k]
     const double on = spec.on_value;
     supply_values = lab * on;
+    supply_on = lab > 0.5;
     if (supply_now && opt.supply_noise > 0) {
       // Later layers that only ever saw exact 0 / on_value react to the small errors of the model's
       // own write; noise on what is supplied teaches them to read the flags with a tolerance.

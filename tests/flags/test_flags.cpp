@@ -171,13 +171,14 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   auto p1 = m1.named_parameters(), p3 = m3.named_parameters();
   for (auto& kv : p1) EXPECT_TRUE(torch::equal(kv.second, p3.at(kv.first))) << kv.first;
 
-  // The prefix scope with noisy supply resumes bit-identically too (the noise is seeded per step).
+  // The prefix scope with noisy, on-only supply resumes bit-identically too (noise is seeded per step).
   {
     const std::string d3 = lumen_test::temp_dir("flags_prefix_full"), d4 = lumen_test::temp_dir("flags_prefix_resume");
     auto o3 = tiny_opts(d3), o4 = tiny_opts(d4);
     for (auto* o : {&o3, &o4}) {
       o->scope = lumen::FlagScope::Prefix;
       o->supply_noise = 0.2;
+      o->supply_on_only = true;
       o->steps_write = 3;
       o->steps_rely = 4;
     }
