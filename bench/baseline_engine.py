@@ -664,14 +664,16 @@ def report(args):
 
     w("## Diagnostics")
     w("")
-    w("One-row products as decode issues them: torch::linear (a GEMM with M = 1, what both engines call) "
-      "vs torch::mv on the same weights, ms per call (best of the repetitions), lumen's process.")
+    w("One-row products: torch::linear (a GEMM with M = 1, what eager's decode step calls), torch::mv "
+      "(BLAS gemv) and lumen's two-thread gemv (src/base/gemv.h, what lumen's decode step calls) on the "
+      "same weights, ms per call (best of the repetitions, weights warm in cache), lumen's process.")
     w("")
-    w("| shape | matrix | linear (ms) | mv (ms) | mv speedup |")
-    w("|---|---|---:|---:|---:|")
+    w("| shape | matrix | linear (ms) | mv (ms) | lumen gemv (ms) | lumen gemv GB/s |")
+    w("|---|---|---:|---:|---:|---:|")
     for s in shapes:
         for name, g in (res.get(("lumen", s, "passive", 0, "main"), "gemv") or {}).items():
-            w(f"| {s} | {name} | {g['linear_ms']:.3f} | {g['mv_ms']:.3f} | {g['speedup']:.1f}× |")
+            own = f"{g['lumen_gemv_ms']:.3f} | {g['gbytes_per_s']:.1f}" if "lumen_gemv_ms" in g else "— | —"
+            w(f"| {s} | {name} | {g['linear_ms']:.3f} | {g['mv_ms']:.3f} | {own} |")
     w("")
     w("Same numbers on both sides (1×128 prefill, last position; greedy decode):")
     w("")

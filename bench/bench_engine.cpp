@@ -39,6 +39,7 @@
 #include "lumen/generate.h"
 #include "lumen/hooks.h"
 #include "lumen/model.h"
+#include "base/gemv.h"
 #include "lumen/runtime.h"
 #include "lumen/tensors.h"
 #include "serve.h"
@@ -237,7 +238,10 @@ json gemv_probe(const lumen::ModelConfig& c, int reps) {
     };
     const double lin = best_ms([&] { auto y = torch::linear(x, w); });
     const double mv = best_ms([&] { auto y = torch::mv(w, xv); });
-    out[name] = {{"linear_ms", lin}, {"mv_ms", mv}, {"speedup", lin / mv}};
+    auto y = torch::empty({rows});
+    const double own = best_ms([&] { lumen::gemv_rows(w.data_ptr<float>(), xv.data_ptr<float>(), y.data_ptr<float>(), rows, cols); });
+    out[name] = {{"linear_ms", lin}, {"mv_ms", mv}, {"speedup", lin / mv}, {"lumen_gemv_ms", own},
+                 {"gbytes_per_s", rows * cols * 4 / (own * 1e6)}};
   };
   probe("unembed [" + std::to_string(c.d_vocab) + "," + std::to_string(c.d_model) + "]", c.d_vocab, c.d_model);
   probe("mlp up [" + std::to_string(c.d_mlp) + "," + std::to_string(c.d_model) + "]", c.d_mlp, c.d_model);

@@ -24,6 +24,13 @@ std::vector<std::string> decode_rows(const Model& model, const GenerateResult& r
   return out;
 }
 
+// -log p(token t+1 | tokens <= t) for logits [B,T,V] and tokens [B,T]: [B,T-1].
+torch::Tensor next_token_nll(const torch::Tensor& logits, const torch::Tensor& tokens) {
+  const int64_t T = tokens.size(1);
+  auto lp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
+  return -lp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);
+}
+
 // Per-text statistics of one pass over windows: mean-pooled residual at the flag layer and the
 // mean next-token loss, optionally with the flag dims replaced by `forced`: [N,1,K] (row i's values
 // at every position of window i) or [N,seq_len,K] (per position).
@@ -76,8 +83,7 @@ PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& sp
     for (int64_t i = a; i < b; ++i) s.last[i].copy_(x[i - a][w.tokens[i].size(0) - 1]);
     sum += (x * pm.unsqueeze(2)).sum(1).sum(0).to(torch::kDouble);
     count += pm.sum().item<double>();
-    auto lp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
-    auto nll = -lp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);  // [B,T-1]
+    auto nll = next_token_nll(logits, tokens);  // [B,T-1]
     auto vm = valid.narrow(1, 1, T - 1);
     s.nll.narrow(0, a, b - a).copy_((nll * vm).sum(1) / vm.sum(1).clamp_min(1));
     s.ntok.narrow(0, a, b - a).copy_(vm.sum(1));
@@ -167,8 +173,7 @@ double generated_ce(const Model& judge, const GenerateResult& r) {
     for (int64_t t = std::max<int64_t>(first, 1); t < n; ++t) scored[b][t - 1] = 1.0f;
   }
   auto logits = judge.forward(tokens.to(judge.device())).to(torch::kCPU, torch::kFloat);
-  auto lp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
-  auto nll = -lp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);
+  auto nll = next_token_nll(logits, tokens);
   return ((nll * scored).sum() / scored.sum().clamp_min(1)).item<double>();
 }
 
