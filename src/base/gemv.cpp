@@ -182,8 +182,8 @@ void gemv_rows(const float* W, const float* x, float* y, int64_t N, int64_t D) {
   if (N <= 0) return;
   // Chunks of about 32 KB of weights, a multiple of 4 rows (the kernel's row block).
   const int64_t rows = std::max<int64_t>(4, (8192 / std::max<int64_t>(D, 1)) & ~int64_t(3));
-  const bool split = N * D >= (int64_t(1) << 16) && (N + rows - 1) / rows < kMaxChunks &&
-                     std::thread::hardware_concurrency() > 1;
+  static const bool several_cores = std::thread::hardware_concurrency() > 1;  // reads /sys: once
+  const bool split = several_cores && N * D >= (int64_t(1) << 16) && (N + rows - 1) / rows < kMaxChunks;
   if (split) {
     Pool& p = pool();
     std::unique_lock<std::mutex> lk(p.owner, std::try_to_lock);
