@@ -26,6 +26,8 @@ test: build
 demo: build
 	$(BUILD)/lumen demo $(LUMEN_MODEL) --corpus $(LUMEN_SHARED)/data/tinystories/train.txt \
 	  --heldout $(LUMEN_SHARED)/data/tinystories/heldout.txt --work-dir $(BUILD)/demo
+	$(BUILD)/lumen flags demo $(LUMEN_MODEL) --corpus $(LUMEN_SHARED)/data/tinystories/train.txt \
+	  --out $(BUILD)/demo/flags --concept dog
 
 bench: configure
 	cmake --build $(BUILD) -j $(JOBS) --target bench_engine bench_sae lumen_cli
