@@ -78,11 +78,9 @@ class CachingCpuAllocator final : public c10::Allocator {
   void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
 
   static void install(size_t limit) {
-    static CachingCpuAllocator* a = nullptr;  // installed once, never destroyed (tensors may outlive main)
-    if (a) return;
-    a = new CachingCpuAllocator(c10::GetCPUAllocator(), limit);
-    instance_ptr() = a;
-    c10::SetCPUAllocator(a, /*priority=*/100);
+    if (instance_ptr()) return;  // installed once, never destroyed (tensors may outlive main)
+    instance_ptr() = new CachingCpuAllocator(c10::GetCPUAllocator(), limit);
+    c10::SetCPUAllocator(instance_ptr(), /*priority=*/100);
   }
 
  private:

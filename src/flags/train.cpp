@@ -66,8 +66,9 @@ TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const
       auto seen = [&](size_t c, size_t n) {
         return rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + n)));
       };
+      const std::string kept = tok.decode(ids);
       for (size_t c = 0; c < rules.size() && c < labels.size(); ++c) {
-        labels[c] = seen(c, ids.size()) ? 1 : 0;
+        labels[c] = rule_matches(rules[c], kept) ? 1 : 0;
         first[c] = -1;
         if (!labels[c]) continue;
         // The shortest prefix that mentions the concept (binary search: mentions only accumulate).
