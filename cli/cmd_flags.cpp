@@ -23,6 +23,8 @@ struct FlagsEvalArgs {
   std::string dir, concepts, corpus, prompt = "Once upon a time", control, probe_corpus;
   int64_t samples = 20, max_tokens = 120, max_texts = 600, probe_texts = 2000;
   double temperature = 0.8, steer_scale = 1.0;
+  std::vector<int64_t> probe_layers;
+  bool probe_supplied = false;
   uint64_t seed = 0;
   bool json = false;
 };
@@ -132,6 +134,8 @@ int cmd_eval(const FlagsEvalArgs& a) {
   o.probe_corpus = a.probe_corpus;
   o.probe_texts = a.probe_texts;
   o.steer_scale = a.steer_scale;
+  o.probe_layers = a.probe_layers;
+  o.probe_supplied = a.probe_supplied;
   auto r = lumen::evaluate_flags(a.dir, held, o);
   std::cout << (a.json ? r.to_json() + "\n" : r.table());
   return 0;
@@ -230,7 +234,8 @@ void add_flags_commands(CLI::App& app, int& rc) {
   ev->add_option("dir", ea->dir, "flagged checkpoint folder (with flags.json)")->required();
   ev->add_option("--concepts", ea->concepts, "labelled JSONL");
   ev->add_option("--corpus", ea->corpus, "plain text labelled by the checkpoint's rules");
-  ev->add_option("--samples", ea->samples, "seeded generations per concept and condition")->capture_default_str();
+  ev->add_option("--samples", ea->samples, "seeded generations per concept and condition (0: no steering)")
+      ->capture_default_str();
   ev->add_option("--max-tokens", ea->max_tokens, "tokens per generation")->capture_default_str();
   ev->add_option("--temperature", ea->temperature, "sampling temperature")->capture_default_str();
   ev->add_option("--max-texts", ea->max_texts, "held-out texts used")->capture_default_str();
@@ -240,6 +245,9 @@ void add_flags_commands(CLI::App& app, int& rc) {
   ev->add_option("--probe-corpus", ea->probe_corpus, "plain texts that train the erosion probes (default: half the held-out set)");
   ev->add_option("--probe-texts", ea->probe_texts, "texts read from --probe-corpus")->capture_default_str();
   ev->add_option("--steer-scale", ea->steer_scale, "force flags to this multiple of on_value")->capture_default_str();
+  ev->add_option("--probe-layers", ea->probe_layers, "resid_post layers probed besides the flag layer (default: the last)")
+      ->delimiter(',');
+  ev->add_flag("--probe-supplied", ea->probe_supplied, "probe the flagged model with the true flags supplied");
   ev->add_flag("--json", ea->json, "print JSON");
   ev->callback([&rc, ea] { rc = cmd_eval(*ea); });
 

@@ -62,6 +62,12 @@ enum class FlagScope { Window, Prefix };
 std::string flag_scope_name(FlagScope s);
 FlagScope parse_flag_scope(const std::string& s);  // "window" | "prefix"; throws Error(Arg)
 
+// What stage 2 put in the flag dims: nothing, the truth in every flag dim (the paper), or on_value in
+// the dims of present concepts only (the others keep the model's write).
+enum class FlagSupply { None, All, OnOnly };
+std::string flag_supply_name(FlagSupply s);
+FlagSupply parse_flag_supply(const std::string& s);  // "none" | "all" | "on-only"; throws Error(Arg)
+
 struct FlagSpec {
   std::vector<std::string> concepts;
   std::vector<int64_t> dims;      // residual dimension of each concept
@@ -72,6 +78,7 @@ struct FlagSpec {
   std::vector<ConceptRule> rules; // empty when labels came from JSONL
   int64_t seq_len = 128;
   FlagScope scope = FlagScope::Window;
+  FlagSupply supply = FlagSupply::All;  // how training supplied the flags (flags.json before it: all)
   std::string hook_name() const;
   int64_t index_of(const std::string& concept) const;  // throws Error(Arg) naming the known ones
 };
@@ -81,8 +88,12 @@ void save_flag_spec(const std::string& dir, const FlagSpec& spec);
 // Forces flag dimensions: values[i] for dims[i], at every position (a Replace on those dims only).
 // Other dimensions pass through untouched, so gradients still flow through them.
 Intervention force_dims(const std::vector<int64_t>& dims, const std::vector<double>& values, int64_t d_model);
-// x [B,T,D] with dims `dim_idx` [k] replaced by `values` [B,T,k] or [B,1,k]; the rest passes through.
+// x [B,T,D] with dims `dim_idx` [k] replaced by `values` [B,T,k] or [B,1,k]; the rest passes through,
+// and so does a flag dim where its value is NaN (keep what the model wrote).
 at::Tensor replace_dims(const at::Tensor& x, const at::Tensor& dim_idx, const at::Tensor& values);
+// The values the spec's supply mode puts in the flag dims for labels [B,T,k] in {0,1}: off/on_value,
+// or NaN (keep) for absent concepts under on-only. None is treated as All (supplying for a test).
+at::Tensor supplied_flags(const FlagSpec& spec, const at::Tensor& labels);
 
 // ---- training (src/flags/train.cpp) --------------------------------------------------------------
 struct FlagTrainOptions {
@@ -168,7 +179,14 @@ struct FlagEvalOptions {
   int64_t probe_texts = 2000;    // texts read from probe_corpus
   std::string control;           // a fine-tune without flags (alpha 0, no supply): its perplexity
   double steer_scale = 1.0;      // steering forces a flag to steer_scale x on_value
+  std::vector<int64_t> probe_layers;  // resid_post layers probed besides the flag layer (empty: the last)
+  bool probe_supplied = false;   // probe the flagged model with the true flags supplied (its stage-2 condition)
   std::function<void(const std::string&)> log;
+};
+
+// Erosion probe accuracy at one site: base model, flagged model, no-flag control fine-tune.
+struct ProbeAccuracy {
+  double before = std::nan(""), after = std::nan(""), control = std::nan("");
 };
 
 struct ConceptEval {
@@ -177,6 +195,7 @@ struct ConceptEval {
   double probe_accuracy_control = std::nan("");  // the no-flag fine-tune (FlagEvalOptions::control)
   double reliance = 0;           // LM loss increase on this concept's texts when the flags are ablated
   double steer_ce = 0;           // base model's loss per token of the flag-on generations (fluency)
+  std::vector<ProbeAccuracy> probes;  // per FlagEvalResult::probe_sites; probes[0] is probe_accuracy_*
   int64_t positives = 0;
 };
 
@@ -192,6 +211,9 @@ struct FlagEvalResult {
   double base_gen_ce = 0;        // base model's loss per token of its own generations (steer_ce's reference)
   double flagged_gen_ce = 0;     // ... and of the flagged model's unsteered generations
   double steer_scale = 1.0;
+  std::vector<std::string> probe_sites;  // "blocks.L.hook_resid_post@last|@mean", the flag layer's @last first
+  bool probe_supplied = false;           // the flagged model's probes ran with the true flags supplied
+  std::string supply = "all";            // how the true flags were supplied (supplied_gain, probe_supplied)
   std::string to_json() const;   // the contract: {concepts:{name:{...}}, ppl_base, ppl_flagged, ...}
   std::string table() const;
 };

@@ -217,6 +217,17 @@ int64_t FlagSpec::index_of(const std::string& concept) const {
 
 std::string flag_scope_name(FlagScope s) { return s == FlagScope::Prefix ? "prefix" : "window"; }
 
+std::string flag_supply_name(FlagSupply s) {
+  return s == FlagSupply::None ? "none" : s == FlagSupply::OnOnly ? "on-only" : "all";
+}
+
+FlagSupply parse_flag_supply(const std::string& s) {
+  if (s == "none") return FlagSupply::None;
+  if (s == "all") return FlagSupply::All;
+  if (s == "on-only") return FlagSupply::OnOnly;
+  throw Error(ErrorKind::Arg, "unknown flag supply '" + s + "' (expected none, all or on-only)");
+}
+
 FlagScope parse_flag_scope(const std::string& s) {
   if (s == "window") return FlagScope::Window;
   if (s == "prefix") return FlagScope::Prefix;
@@ -251,6 +262,10 @@ FlagSpec load_flag_spec(const std::string& dir) {
   require(scope == "window" || scope == "prefix", ErrorKind::Format,
           path + ": 'scope' must be \"window\" or \"prefix\", found \"" + scope + "\"");
   s.scope = parse_flag_scope(scope);
+  const std::string supply = j.contains("supply") && j["supply"].is_string() ? j["supply"].get<std::string>() : "all";
+  require(supply == "none" || supply == "all" || supply == "on-only", ErrorKind::Format,
+          path + ": 'supply' must be \"none\", \"all\" or \"on-only\", found \"" + supply + "\"");
+  s.supply = parse_flag_supply(supply);
   // Rules are stored as an object (sorted by name); put them back in concept order.
   if (!s.rules.empty()) {
     std::vector<ConceptRule> ordered;
@@ -274,6 +289,7 @@ void save_flag_spec(const std::string& dir, const FlagSpec& s) {
   j["base_model"] = s.base_model;
   j["seq_len"] = s.seq_len;
   j["scope"] = flag_scope_name(s.scope);
+  j["supply"] = flag_supply_name(s.supply);
   if (!s.rules.empty()) {
     json r = json::object();
     for (const auto& rule : s.rules) r[rule.name] = rule.words;

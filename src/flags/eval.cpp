@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -31,23 +32,26 @@ torch::Tensor next_token_nll(const torch::Tensor& logits, const torch::Tensor& t
   return -lp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);
 }
 
-// Per-text statistics of one pass over windows: mean-pooled residual at the flag layer and the
-// mean next-token loss, optionally with the flag dims replaced by `forced`: [N,1,K] (row i's values
-// at every position of window i) or [N,seq_len,K] (per position).
+// Per-text statistics of one pass over windows: the residual at each probe site (site 0 is the flag
+// layer) and the mean next-token loss, optionally with the flag dims replaced by `forced`: [N,1,K]
+// (row i's values at every position of window i) or [N,seq_len,K] (per position).
 struct PassStats {
-  torch::Tensor pooled;    // [N,D] mean over positions >= 1
-  torch::Tensor last;      // [N,D] at the last position (the whole window seen)
-  torch::Tensor nll;       // [N] mean next-token loss
-  torch::Tensor ntok;      // [N] predicted tokens
-  torch::Tensor dim_mean;  // [D] mean residual over all positions >= 1
+  std::vector<torch::Tensor> pooled;  // per site [N,D]: mean over positions >= 1
+  std::vector<torch::Tensor> last;    // per site [N,D]: at the last position (the whole window seen)
+  torch::Tensor nll;                  // [N] mean next-token loss
+  torch::Tensor ntok;                 // [N] predicted tokens
+  torch::Tensor dim_mean;             // [D] mean flag-layer residual over all positions >= 1
 };
 
-PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& spec, const torch::Tensor* forced) {
+PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& spec, const torch::Tensor* forced,
+                   const std::vector<std::string>& sites) {
   torch::NoGradGuard ng;
-  const int64_t N = w.tokens.size(), D = model.config().d_model;
+  const int64_t N = w.tokens.size(), D = model.config().d_model, S = sites.size();
   PassStats s;
-  s.pooled = torch::zeros({N, D});
-  s.last = torch::zeros({N, D});
+  for (int64_t k = 0; k < S; ++k) {
+    s.pooled.push_back(torch::zeros({N, D}));
+    s.last.push_back(torch::zeros({N, D}));
+  }
   s.nll = torch::zeros({N});
   s.ntok = torch::zeros({N});
   auto sum = torch::zeros({D}, torch::kDouble);
@@ -63,7 +67,7 @@ PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& sp
       valid[i - a].narrow(0, 0, w.tokens[i].size(0)).fill_(1.0);
     }
     HookSet hooks;
-    hooks.cache(spec.hook_name());
+    for (const auto& site : sites) hooks.cache(site);
     if (forced) {
       auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
       auto rows = forced->narrow(0, a, b - a);
@@ -76,12 +80,14 @@ PassStats run_pass(const Model& model, const TokenWindows& w, const FlagSpec& sp
     RunOptions ro;
     ro.hooks = &hooks;
     auto logits = model.forward(tokens.to(model.device()), ro).to(torch::kCPU, torch::kFloat);
-    auto x = hooks.get(spec.hook_name()).to(torch::kCPU, torch::kFloat);  // [B,T,D] (before intervention)
     auto pm = valid.clone();
     pm.select(1, 0).zero_();
-    s.pooled.narrow(0, a, b - a).copy_((x * pm.unsqueeze(2)).sum(1) / pm.sum(1, true).clamp_min(1));
-    for (int64_t i = a; i < b; ++i) s.last[i].copy_(x[i - a][w.tokens[i].size(0) - 1]);
-    sum += (x * pm.unsqueeze(2)).sum(1).sum(0).to(torch::kDouble);
+    for (int64_t k = 0; k < S; ++k) {
+      auto x = hooks.get(sites[k]).to(torch::kCPU, torch::kFloat);  // [B,T,D] (before intervention)
+      s.pooled[k].narrow(0, a, b - a).copy_((x * pm.unsqueeze(2)).sum(1) / pm.sum(1, true).clamp_min(1));
+      for (int64_t i = a; i < b; ++i) s.last[k][i].copy_(x[i - a][w.tokens[i].size(0) - 1]);
+      if (k == 0) sum += (x * pm.unsqueeze(2)).sum(1).sum(0).to(torch::kDouble);
+    }
     count += pm.sum().item<double>();
     auto nll = next_token_nll(logits, tokens);  // [B,T-1]
     auto vm = valid.narrow(1, 1, T - 1);
@@ -177,6 +183,19 @@ double generated_ce(const Model& judge, const GenerateResult& r) {
   return ((nll * scored).sum() / scored.sum().clamp_min(1)).item<double>();
 }
 
+// "blocks.2.hook_resid_post@last" -> "L2 last", "writes of blocks 3-4@mean" -> "w3-4 mean".
+std::string short_site(const std::string& site) {
+  const auto at = site.find('@');
+  std::string head = site.substr(0, at);
+  const std::string blocks = "blocks.", writes = "writes of blocks ";
+  if (head.rfind(blocks, 0) == 0) {
+    head = "L" + head.substr(blocks.size(), head.find('.', blocks.size()) - blocks.size());
+  } else if (head.rfind(writes, 0) == 0) {
+    head = "w" + head.substr(writes.size());
+  }
+  return at == std::string::npos ? head : head + " " + site.substr(at + 1);
+}
+
 }  // namespace
 
 std::vector<std::string> steer(const Model& model, const FlagSpec& spec, const std::string& prompt, const SteerOptions& opt) {
@@ -217,19 +236,34 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     for (int64_t c = 0; c < K; ++c) labels[i][c] = static_cast<float>(w.labels[i][c]);
   log("flags eval: " + std::to_string(N) + " held-out windows, " + std::to_string(K) + " concepts");
 
-  PassStats fb = run_pass(base, w, spec, nullptr), ff = run_pass(flagged, w, spec, nullptr);
+  // Residual sites the erosion probes read: the flag layer first, then later layers (default: the last).
+  std::vector<std::string> sites{spec.hook_name()};
+  std::vector<int64_t> site_layers{spec.layer};
+  std::vector<int64_t> probe_layers = opt.probe_layers;
+  if (probe_layers.empty()) probe_layers.push_back(flagged.config().n_layers - 1);
+  for (int64_t l : probe_layers) {
+    require(l >= 0 && l < flagged.config().n_layers, ErrorKind::Arg,
+            "flags eval: probe layer " + std::to_string(l) + " is outside the model's " +
+                std::to_string(flagged.config().n_layers) + " layers");
+    const std::string h = "blocks." + std::to_string(l) + ".hook_resid_post";
+    if (std::find(sites.begin(), sites.end(), h) == sites.end()) sites.push_back(h), site_layers.push_back(l);
+  }
+  const std::vector<std::string> flag_site{spec.hook_name()};
+
+  PassStats fb = run_pass(base, w, spec, nullptr, sites), ff = run_pass(flagged, w, spec, nullptr, sites);
   auto dims_t = torch::tensor(spec.dims, torch::kLong);
   auto mean_f = ff.dim_mean.index_select(0, dims_t).view({1, 1, K}).expand({N, 1, K}).contiguous();
   auto mean_b = fb.dim_mean.index_select(0, dims_t).view({1, 1, K}).expand({N, 1, K}).contiguous();
   std::vector<int64_t> all(N);
   for (int64_t i = 0; i < N; ++i) all[i] = i;
-  auto truth = spec.off_value + flag_labels(w, all, spec.seq_len, K, spec.scope) * (spec.on_value - spec.off_value);
-  PassStats fa = run_pass(flagged, w, spec, &mean_f), ba = run_pass(base, w, spec, &mean_b);
-  PassStats fs = run_pass(flagged, w, spec, &truth);
+  auto truth = supplied_flags(spec, flag_labels(w, all, spec.seq_len, K, spec.scope));
+  PassStats fa = run_pass(flagged, w, spec, &mean_f, flag_site), ba = run_pass(base, w, spec, &mean_b, flag_site);
+  PassStats fs = run_pass(flagged, w, spec, &truth, sites);
 
   FlagEvalResult res;
   res.concepts = spec.concepts;
   res.steer_scale = opt.steer_scale;
+  res.supply = flag_supply_name(spec.supply == FlagSupply::OnOnly ? FlagSupply::OnOnly : FlagSupply::All);
   res.per_concept.assign(K, {});
   auto ppl = [](const PassStats& s) {
     return std::exp(((s.nll * s.ntok).sum() / s.ntok.sum()).item<double>());
@@ -249,12 +283,14 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   std::optional<PassStats> fc;
   if (!opt.control.empty()) {
     control.emplace(Model::load(opt.control));
-    fc.emplace(run_pass(*control, w, spec, nullptr));
+    fc.emplace(run_pass(*control, w, spec, nullptr, sites));
     res.ppl_control = ppl(*fc);
   }
 
   // Erosion probes use every dimension except the flags. They train on the probe corpus's windows
   // and test on the held-out ones, or, without a probe corpus, on the two halves of the held-out set.
+  // Each site is read at the last position (what the model carries forward about the window; the
+  // headline) and mean-pooled (which also holds the bag of token embeddings, untouched by erosion).
   auto keep = torch::ones({D}, torch::kBool);
   for (auto d : spec.dims) keep[d] = false;
   using torch::indexing::Slice;
@@ -272,32 +308,83 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     train_y = labels.index({Slice(0, N / 2)});
     test_y = labels.index({Slice(N / 2, N)});
   }
-  // One model's (train, test) probe inputs from its held-out pass.
-  auto probe_inputs = [&](const Model& model, const PassStats& held_pass) {
-    torch::Tensor tr, te;
-    if (pw) {
-      tr = run_pass(model, *pw, spec, nullptr).pooled, te = held_pass.pooled;
-    } else {
-      tr = held_pass.pooled.index({Slice(0, N / 2)}), te = held_pass.pooled.index({Slice(N / 2, N)});
-    }
-    return std::make_pair(tr.index({Slice(), keep}), te.index({Slice(), keep}));
+  // Views: each site at the last position and mean-pooled, then what the layers after the flag
+  // layer wrote (a later site minus the flag layer): the encodings they compute, which the
+  // erosion hypothesis expects to fade once the flags are there to read.
+  for (const auto& site : sites) {
+    res.probe_sites.push_back(site + "@last");
+    res.probe_sites.push_back(site + "@mean");
+  }
+  for (size_t k = 1; k < sites.size(); ++k) {
+    const int64_t from = spec.layer + 1, to = site_layers[k];
+    const std::string span = "writes of blocks " + std::to_string(from) + (to > from ? "-" + std::to_string(to) : "");
+    res.probe_sites.push_back(span + "@last");
+    res.probe_sites.push_back(span + "@mean");
+  }
+  auto views = [&](const PassStats& p) {
+    std::vector<torch::Tensor> v;
+    for (size_t k = 0; k < sites.size(); ++k) v.insert(v.end(), {p.last[k], p.pooled[k]});
+    for (size_t k = 1; k < sites.size(); ++k) v.insert(v.end(), {p.last[k] - p.last[0], p.pooled[k] - p.pooled[0]});
+    return v;
   };
-  const auto pb = probe_inputs(base, fb), pf = probe_inputs(flagged, ff);
-  std::optional<std::pair<torch::Tensor, torch::Tensor>> pctl;
-  if (control) pctl.emplace(probe_inputs(*control, *fc));
+  // One model's (train, test) probe inputs per view, from its held-out pass.
+  using ProbeInputs = std::vector<std::pair<torch::Tensor, torch::Tensor>>;
+  // `supplied`: the pass runs with the true flags in place, as stage 2 trained the flagged model.
+  auto probe_inputs = [&](const Model& model, const PassStats& held_pass, bool supplied) {
+    const auto held = views(held_pass);
+    std::vector<torch::Tensor> train;
+    if (pw && supplied) {
+      std::vector<int64_t> rows(pw->tokens.size());
+      for (size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+      const auto pw_truth = supplied_flags(spec, flag_labels(*pw, rows, spec.seq_len, K, spec.scope));
+      train = views(run_pass(model, *pw, spec, &pw_truth, sites));
+    } else if (pw) {
+      train = views(run_pass(model, *pw, spec, nullptr, sites));
+    }
+    ProbeInputs out;
+    for (size_t k = 0; k < held.size(); ++k) {
+      torch::Tensor tr, te;
+      if (pw) {
+        tr = train[k], te = held[k];
+      } else {
+        tr = held[k].index({Slice(0, N / 2)}), te = held[k].index({Slice(N / 2, N)});
+      }
+      out.emplace_back(tr.index({Slice(), keep}), te.index({Slice(), keep}));
+    }
+    return out;
+  };
+  res.probe_supplied = opt.probe_supplied;
+  const ProbeInputs pb = probe_inputs(base, fb, false);
+  const ProbeInputs pf = opt.probe_supplied ? probe_inputs(flagged, fs, true) : probe_inputs(flagged, ff, false);
+  std::optional<ProbeInputs> pctl;
+  if (control) pctl.emplace(probe_inputs(*control, *fc, false));
   for (int64_t c = 0; c < K; ++c) {
     ConceptEval& e = res.per_concept[c];
     auto y = labels.select(1, c);
     e.positives = y.sum().item<int64_t>();
     const double thr = 0.5 * (spec.on_value + spec.off_value);
-    e.readout_accuracy = balanced_accuracy(ff.last.select(1, spec.dims[c]) > thr, y);
+    e.readout_accuracy = balanced_accuracy(ff.last[0].select(1, spec.dims[c]) > thr, y);
     if (e.positives > 0) e.reliance = (fa.nll - ff.nll).index({y > 0}).mean().item<double>();
     const auto ytr = train_y.select(1, c), yte = test_y.select(1, c);
-    e.probe_accuracy_before = probe_accuracy(pb.first, ytr, pb.second, yte);
-    e.probe_accuracy_after = probe_accuracy(pf.first, ytr, pf.second, yte);
-    if (pctl) e.probe_accuracy_control = probe_accuracy(pctl->first, ytr, pctl->second, yte);
+    for (size_t k = 0; k < pb.size(); ++k) {
+      ProbeAccuracy p;
+      p.before = probe_accuracy(pb[k].first, ytr, pb[k].second, yte);
+      p.after = probe_accuracy(pf[k].first, ytr, pf[k].second, yte);
+      if (pctl) p.control = probe_accuracy((*pctl)[k].first, ytr, (*pctl)[k].second, yte);
+      e.probes.push_back(p);
+    }
+    e.probe_accuracy_before = e.probes[0].before;
+    e.probe_accuracy_after = e.probes[0].after;
+    e.probe_accuracy_control = e.probes[0].control;
   }
 
+  if (opt.samples <= 0) {  // loss, reliance and probes only
+    for (auto& e : res.per_concept)
+      e.steer_success = e.base_rate = e.flag_off_rate = e.override_success = e.steer_ce = std::nan("");
+    res.base_gen_ce = res.flagged_gen_ce = std::nan("");
+    log("flags eval: --samples 0, steering not run");
+    return res;
+  }
   // Steering: the same seeds for base, flag on and flag off, so the conditions are paired.
   const double on_steer = spec.off_value + opt.steer_scale * (spec.on_value - spec.off_value);
   const Tokenizer& tok = flagged.require_tokenizer();
@@ -356,8 +443,16 @@ std::string FlagEvalResult::to_json() const {
                        {"probe_accuracy_after", num(e.probe_accuracy_after)}, {"reliance", num(e.reliance)},
                        {"steer_ce", num(e.steer_ce)}, {"probe_accuracy_control", num(e.probe_accuracy_control)},
                        {"positives", e.positives}};
+    nlohmann::json ps = nlohmann::json::object();
+    for (size_t k = 0; k < e.probes.size() && k < probe_sites.size(); ++k)
+      ps[probe_sites[k]] = {{"before", num(e.probes[k].before)}, {"after", num(e.probes[k].after)},
+                            {"control", num(e.probes[k].control)}};
+    cs[concepts[c]]["probes"] = ps;
   }
   j["concepts"] = cs;
+  j["probe_sites"] = probe_sites;
+  j["probe_supplied"] = probe_supplied;
+  j["supply"] = supply;
   j["ppl_base"] = ppl_base;
   j["ppl_flagged"] = ppl_flagged;
   j["loss_base"] = loss_base;
@@ -366,8 +461,8 @@ std::string FlagEvalResult::to_json() const {
   j["reliance_flagged"] = reliance_flagged;
   j["reliance_base"] = reliance_base;
   j["supplied_gain"] = supplied_gain;
-  j["base_gen_ce"] = base_gen_ce;
-  j["flagged_gen_ce"] = flagged_gen_ce;
+  j["base_gen_ce"] = num(base_gen_ce);
+  j["flagged_gen_ce"] = num(flagged_gen_ce);
   j["steer_scale"] = steer_scale;
   if (ppl_control > 0) j["ppl_control"] = ppl_control;
   return j.dump(2);
@@ -387,14 +482,45 @@ std::string FlagEvalResult::table() const {
                   e.probe_accuracy_control, e.reliance, e.steer_ce);
     o << buf;
   }
+  if (!probe_sites.empty()) {
+    o << "erosion: probe balanced accuracy from the non-flag dims, base/control/flagged. Ln: blocks.n.hook_resid_post; "
+         "wa-b: what blocks a..b wrote; last: last position, mean: mean over positions. probe< probe-ctl probe> above "
+         "are the first column.";
+    o << (probe_supplied ? " The flagged model ran with the true flags supplied.\n" : "\n");
+    std::snprintf(buf, sizeof buf, "%-8s", "concept");
+    o << buf;
+    for (const auto& site : probe_sites) {
+      std::snprintf(buf, sizeof buf, " %22s", short_site(site).c_str());
+      o << buf;
+    }
+    o << "\n";
+    std::vector<ProbeAccuracy> mean(probe_sites.size(), ProbeAccuracy{0, 0, 0});
+    for (size_t c = 0; c <= concepts.size(); ++c) {
+      std::snprintf(buf, sizeof buf, "%-8s", c < concepts.size() ? concepts[c].c_str() : "mean");
+      o << buf;
+      for (size_t k = 0; k < probe_sites.size(); ++k) {
+        ProbeAccuracy p = mean[k];
+        if (c < concepts.size()) {
+          p = k < per_concept[c].probes.size() ? per_concept[c].probes[k] : ProbeAccuracy{};
+          mean[k].before += p.before / concepts.size();
+          mean[k].control += p.control / concepts.size();
+          mean[k].after += p.after / concepts.size();
+        }
+        std::snprintf(buf, sizeof buf, "      %.3f/%.3f/%.3f", p.before, p.control, p.after);
+        o << buf;
+      }
+      o << "\n";
+    }
+  }
   std::snprintf(buf, sizeof buf,
                 "perplexity base %.4f flagged %.4f (%+.2f%%); concept-text loss with flags mean-ablated: +%.4f nats "
                 "(same ablation on the base model: %+.4f)\n",
                 ppl_base, ppl_flagged, 100.0 * (ppl_flagged / ppl_base - 1.0), reliance_flagged,
                 reliance_base);
   o << buf;
-  std::snprintf(buf, sizeof buf, "concept-text loss with the true flags supplied: %+.4f nats against the model's own flags\n",
-                -supplied_gain);
+  std::snprintf(buf, sizeof buf,
+                "concept-text loss with the true flags supplied (%s): %+.4f nats against the model's own flags\n",
+                supply.c_str(), -supplied_gain);
   o << buf;
   if (ppl_control > 0) {
     std::snprintf(buf, sizeof buf, "control fine-tune (no flags) perplexity %.4f: the flags cost %+.2f%%\n", ppl_control,

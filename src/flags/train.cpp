@@ -45,7 +45,14 @@ at::Tensor replace_dims(const at::Tensor& x, const at::Tensor& dim_idx, const at
     throw Error(ErrorKind::Shape, o.str());
   }
   auto v = values.to(x.device(), x.scalar_type()).expand({x.size(0), x.size(1), k});
+  v = torch::where(torch::isnan(v), x.index_select(2, dim_idx), v);
   return x.index_fill(2, dim_idx, 0.0).index_add(2, dim_idx, v);
+}
+
+at::Tensor supplied_flags(const FlagSpec& spec, const at::Tensor& labels) {
+  auto v = spec.off_value + labels.to(torch::kFloat) * (spec.on_value - spec.off_value);
+  if (spec.supply == FlagSupply::OnOnly) v = torch::where(labels > 0.5, v, torch::full_like(v, std::nan("")));
+  return v;
 }
 
 TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
@@ -204,6 +211,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   spec.base_model = base_path;
   spec.seq_len = opt.seq_len;
   spec.scope = opt.scope;
+  spec.supply = !opt.supply_flags ? FlagSupply::None : opt.supply_on_only ? FlagSupply::OnOnly : FlagSupply::All;
   for (int64_t c = 0; c < k && c < static_cast<int64_t>(rules.size()); ++c) spec.rules.push_back(rules[c]);
 
   model.set_requires_grad(true);
@@ -266,17 +274,17 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   auto pos_weight = torch::tensor(pw, torch::kFloat).to(model.device());
   auto dim_idx = torch::tensor(spec.dims, torch::kLong).to(model.device());
 
-  torch::Tensor stash, supply_values, supply_on;  // set per step; read by the hook
+  torch::Tensor stash, supply_values;  // set per step; read by the hook
   bool supply_now = false;
   HookSet hooks;
   hooks.add(spec.hook_name(), Intervention::callback([&](const at::Tensor& x, const HookContext&) -> at::Tensor {
     stash = x;
     if (!supply_now) return {};
-    // Stage 2: the true flags replace whatever the model wrote, so later layers learn to trust them.
-    if (!opt.supply_on_only) return replace_dims(x, dim_idx, supply_values);
-    // Only "on" is supplied: an absent concept's dim keeps the model's own write, so "not on" looks in
-    // training as it will in use, where the model cannot know yet what the text will mention.
-    return replace_dims(x, dim_idx, torch::where(supply_on, supply_values.to(x.scalar_type()), x.index_select(2, dim_idx)));
+    // Stage 2: the true flags replace what the model wrote, so later layers learn to trust them.
+    // Under on-only an absent concept's dim keeps the model's own write (NaN in supply_values), so
+    // "not on" looks in training as it will in use, where the model cannot know yet what the text
+    // will mention.
+    return replace_dims(x, dim_idx, supply_values);
   }));
 
   // A fixed batch (the first windows, flags not supplied) measures aux before and after training.
@@ -322,8 +330,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     valid = valid.to(model.device());
     auto lab = flag_labels(win, idx, tokens.size(1), k, opt.scope).to(model.device());  // [B,T,k]
     const double on = spec.on_value;
-    supply_values = lab * on;
-    supply_on = lab > 0.5;
+    supply_values = supplied_flags(spec, lab);
     if (supply_now && opt.supply_noise > 0) {
       // Later layers that only ever saw exact 0 / on_value react to the small errors of the model's
       // own write; noise on what is supplied teaches them to read the flags with a tolerance.

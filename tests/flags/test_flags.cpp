@@ -125,6 +125,26 @@ TEST(FlagsLabels, ReplaceDimsKeepsTheOthersAndChecksShapes) {
   EXPECT_EQ(z[1][4][6].item<float>(), 19.f);
   EXPECT_THROW(lumen::replace_dims(x, idx, torch::zeros({2, 3, 2})), lumen::Error);
   EXPECT_THROW(lumen::replace_dims(x, idx, torch::zeros({2, 1, 3})), lumen::Error);
+  // NaN keeps the model's own value in that flag dim (on-only supply).
+  auto keep = per_row.clone();
+  keep[1][0][1] = std::nan("");
+  auto k = lumen::replace_dims(x, idx, keep);
+  EXPECT_EQ(k[1][2][6].item<float>(), x[1][2][6].item<float>());
+  EXPECT_EQ(k[1][2][1].item<float>(), 5.f);
+}
+
+TEST(FlagsLabels, SuppliedFlagsFollowTheSpecsSupplyMode) {
+  lumen::FlagSpec spec;
+  spec.on_value = 3.0;
+  auto lab = torch::tensor(std::vector<float>{1, 0, 0, 1}).view({1, 2, 2});
+  spec.supply = lumen::FlagSupply::All;
+  EXPECT_TRUE(torch::equal(lumen::supplied_flags(spec, lab), lab * 3.0));
+  spec.supply = lumen::FlagSupply::OnOnly;
+  auto v = lumen::supplied_flags(spec, lab);
+  EXPECT_EQ(v[0][0][0].item<float>(), 3.f);
+  EXPECT_TRUE(std::isnan(v[0][0][1].item<float>()));
+  EXPECT_EQ(lumen::parse_flag_supply(lumen::flag_supply_name(lumen::FlagSupply::OnOnly)), lumen::FlagSupply::OnOnly);
+  EXPECT_THROW(lumen::parse_flag_supply("some"), lumen::Error);
 }
 
 lumen::FlagTrainOptions tiny_opts(const std::string& out) {
@@ -194,11 +214,13 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
     auto pa = ma.named_parameters(), pc = mc.named_parameters();
     for (auto& kv : pa) EXPECT_TRUE(torch::equal(kv.second, pc.at(kv.first))) << kv.first;
     EXPECT_EQ(lumen::load_flag_spec(d3).scope, lumen::FlagScope::Prefix);
+    EXPECT_EQ(lumen::load_flag_spec(d3).supply, lumen::FlagSupply::OnOnly);
   }
 
   // The result is an ordinary checkpoint with flags.json; steering forces the dims.
   auto spec = lumen::load_flag_spec(d1);
   EXPECT_EQ(spec.dims.size(), 4u);
+  EXPECT_EQ(spec.supply, lumen::FlagSupply::All);
   auto fm = lumen::Model::load(d1);
   {
     torch::NoGradGuard ng;
@@ -229,6 +251,7 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   eo.probe_corpus = lumen_test::shared_path("data/tinystories/train.txt");
   eo.probe_texts = 60;
   eo.steer_scale = 2.0;
+  eo.probe_supplied = true;
   auto held = lumen::label_texts(lumen::read_texts(lumen_test::shared_path("data/tinystories/heldout.txt"), 40), rules);
   auto ev = lumen::evaluate_flags(d1, held, eo);
   auto j = nlohmann::json::parse(ev.to_json());
@@ -244,7 +267,17 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
       EXPECT_TRUE(j["concepts"][c].contains(key)) << c << "." << key;
     EXPECT_GT(j["concepts"][c]["steer_ce"].get<double>(), 0.0) << c;
     EXPECT_TRUE(j["concepts"][c].contains("probe_accuracy_control")) << c;
+    // Erosion probes: every view, the flag layer's last position first and mirrored in probe_accuracy_*.
+    const auto& probes = j["concepts"][c]["probes"];
+    EXPECT_EQ(probes.size(), j["probe_sites"].size()) << c;
+    const auto& first = probes[j["probe_sites"][0].get<std::string>()];
+    EXPECT_EQ(first["after"], j["concepts"][c]["probe_accuracy_after"]) << c;
   }
+  // Flag layer and last layer at two readouts each, plus what the later blocks wrote.
+  ASSERT_EQ(j["probe_sites"].size(), 6u);
+  EXPECT_EQ(j["probe_sites"][0].get<std::string>(), spec.hook_name() + "@last");
+  EXPECT_TRUE(j["probe_supplied"].get<bool>());
+  EXPECT_EQ(j["supply"].get<std::string>(), "all");
 }
 
 }  // namespace
