@@ -150,6 +150,8 @@ int cmd_demo(const ModelArgs& ma, const std::string& out, const std::string& cor
     a.n_dims = 12;
     a.steps_write = 200;  // brief: enough for the flags to steer on stories260K
     a.steps_rely = 800;
+    a.alpha = 2;              // on-only supply at alpha 2: the lowest perplexity cost measured (docs/flags.md)
+    a.supply_on_only = true;
     a.resume = true;
     cmd_train(ma, a);
   }

@@ -513,7 +513,7 @@ std::string FlagEvalResult::table() const {
     }
   }
   std::snprintf(buf, sizeof buf,
-                "perplexity base %.4f flagged %.4f (%+.2f%%); concept-text loss with flags mean-ablated: +%.4f nats "
+                "perplexity base %.4f flagged %.4f (%+.2f%%); concept-text loss with flags mean-ablated: %+.4f nats "
                 "(same ablation on the base model: %+.4f)\n",
                 ppl_base, ppl_flagged, 100.0 * (ppl_flagged / ppl_base - 1.0), reliance_flagged,
                 reliance_base);
