@@ -483,33 +483,44 @@ std::string FlagEvalResult::table() const {
     o << buf;
   }
   if (!probe_sites.empty()) {
-    o << "erosion: probe balanced accuracy from the non-flag dims, base/control/flagged. Ln: blocks.n.hook_resid_post; "
-         "wa-b: what blocks a..b wrote; last: last position, mean: mean over positions. probe< probe-ctl probe> above "
-         "are the first column.";
-    o << (probe_supplied ? " The flagged model ran with the true flags supplied.\n" : "\n");
-    std::snprintf(buf, sizeof buf, "%-8s", "concept");
+    // One row per view: the mean over concepts, then each concept's flagged minus the reference
+    // (the control when given, else the base model). Every number is in --json.
+    const bool has_control = !per_concept.empty() && !per_concept[0].probes.empty() &&
+                             !std::isnan(per_concept[0].probes[0].control);
+    o << "erosion: probe balanced accuracy from the non-flag dims (Ln: blocks.n.hook_resid_post, wa-b: what blocks "
+         "a..b wrote; last position or mean over positions)"
+      << (probe_supplied ? ", the flagged model with the true flags supplied" : "") << "; per concept: flagged - "
+      << (has_control ? "control" : "base") << " (negative: erosion)\n";
+    std::snprintf(buf, sizeof buf, "%-10s %6s %6s %6s ", "view", "base", "ctl", "flag");
     o << buf;
-    for (const auto& site : probe_sites) {
-      std::snprintf(buf, sizeof buf, " %22s", short_site(site).c_str());
+    for (const auto& c : concepts) {
+      std::snprintf(buf, sizeof buf, " %6.6s", c.c_str());
       o << buf;
     }
     o << "\n";
-    std::vector<ProbeAccuracy> mean(probe_sites.size(), ProbeAccuracy{0, 0, 0});
-    for (size_t c = 0; c <= concepts.size(); ++c) {
-      std::snprintf(buf, sizeof buf, "%-8s", c < concepts.size() ? concepts[c].c_str() : "mean");
-      o << buf;
-      for (size_t k = 0; k < probe_sites.size(); ++k) {
-        ProbeAccuracy p = mean[k];
-        if (c < concepts.size()) {
-          p = k < per_concept[c].probes.size() ? per_concept[c].probes[k] : ProbeAccuracy{};
-          mean[k].before += p.before / concepts.size();
-          mean[k].control += p.control / concepts.size();
-          mean[k].after += p.after / concepts.size();
+    for (size_t k = 0; k < probe_sites.size(); ++k) {
+      ProbeAccuracy mean{0, 0, 0};
+      int counted = 0;  // concepts with too few positives to probe (NaN) are left out of the mean
+      std::string deltas;
+      for (size_t c = 0; c < concepts.size(); ++c) {
+        const ProbeAccuracy p = k < per_concept[c].probes.size() ? per_concept[c].probes[k] : ProbeAccuracy{};
+        const double d = p.after - (has_control ? p.control : p.before);
+        if (!std::isnan(d)) {
+          mean.before += p.before, mean.control += p.control, mean.after += p.after;
+          ++counted;
         }
-        std::snprintf(buf, sizeof buf, "      %.3f/%.3f/%.3f", p.before, p.control, p.after);
-        o << buf;
+        if (std::isnan(d)) {
+          std::snprintf(buf, sizeof buf, " %6s", "n/a");
+        } else {
+          std::snprintf(buf, sizeof buf, " %+6.2f", d);
+        }
+        deltas += buf;
       }
-      o << "\n";
+      const double n = std::max(counted, 1);
+      mean.before /= n, mean.control /= n, mean.after /= n;
+      std::snprintf(buf, sizeof buf, "%-10s %6.3f %6.3f %6.3f ", short_site(probe_sites[k]).c_str(), mean.before,
+                    mean.control, mean.after);
+      o << buf << deltas << "\n";
     }
   }
   std::snprintf(buf, sizeof buf,
@@ -527,6 +538,7 @@ std::string FlagEvalResult::table() const {
                   100.0 * (ppl_flagged / ppl_control - 1.0));
     o << buf;
   }
+  if (std::isnan(base_gen_ce)) return o.str();  // --samples 0: no steering
   std::snprintf(buf, sizeof buf,
                 "steering forces the flag to %.1fx on_value; steer-ce: the base model's loss per generated token of the "
                 "steered stories (of its own: %.3f; of the flagged model's unsteered ones: %.3f)\n",
