@@ -5,8 +5,8 @@
 // concept from the other dimensions, base vs flagged).
 #include <torch/torch.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
