@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -254,11 +255,15 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   auto dims_t = torch::tensor(spec.dims, torch::kLong);
   auto mean_f = ff.dim_mean.index_select(0, dims_t).view({1, 1, K}).expand({N, 1, K}).contiguous();
   auto mean_b = fb.dim_mean.index_select(0, dims_t).view({1, 1, K}).expand({N, 1, K}).contiguous();
-  std::vector<int64_t> all(N);
-  for (int64_t i = 0; i < N; ++i) all[i] = i;
-  auto truth = supplied_flags(spec, flag_labels(w, all, spec.seq_len, K, spec.scope));
+  // The true flags of every window, supplied the way training supplied them.
+  auto truth_of = [&](const TokenWindows& win) {
+    std::vector<int64_t> rows(win.tokens.size());
+    std::iota(rows.begin(), rows.end(), int64_t{0});
+    return supplied_flags(spec, flag_labels(win, rows, spec.seq_len, K, spec.scope));
+  };
+  const auto truth = truth_of(w);
   PassStats fa = run_pass(flagged, w, spec, &mean_f, flag_site), ba = run_pass(base, w, spec, &mean_b, flag_site);
-  PassStats fs = run_pass(flagged, w, spec, &truth, sites);
+  PassStats fs = run_pass(flagged, w, spec, &truth, opt.probe_supplied ? sites : flag_site);
 
   FlagEvalResult res;
   res.concepts = spec.concepts;
@@ -334,9 +339,7 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     const auto held = views(held_pass);
     std::vector<torch::Tensor> train;
     if (pw && supplied) {
-      std::vector<int64_t> rows(pw->tokens.size());
-      for (size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-      const auto pw_truth = supplied_flags(spec, flag_labels(*pw, rows, spec.seq_len, K, spec.scope));
+      const auto pw_truth = truth_of(*pw);
       train = views(run_pass(model, *pw, spec, &pw_truth, sites));
     } else if (pw) {
       train = views(run_pass(model, *pw, spec, nullptr, sites));
