@@ -12,6 +12,7 @@
 
 #include "lumen/error.h"
 #include "base/gemv.h"
+#include "base/swiglu.h"
 #include "model/impl.h"
 
 namespace lumen {
@@ -147,7 +148,7 @@ torch::Tensor swiglu_cpu(const torch::Tensor& gate_in, const torch::Tensor& up_i
   const float* up = u.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, g.numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) yp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up[i];
+    swiglu_rows(gp + i0, up + i0, yp + i0, i1 - i0);
   });
   return y;
 }
