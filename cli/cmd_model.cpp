@@ -87,6 +87,7 @@ int cmd_generate(const ModelArgs& ma, const GenArgs& ga) {
   };
   auto res = lumen::generate(model, {ids}, go);
   std::printf("\n");
+  std::fflush(stdout);  // the newline before the stderr summary on a shared terminal
   const double secs = res.prefill_seconds + res.decode_seconds;
   const size_t n = res.generated[0].size();
   std::fprintf(stderr, "generated %zu tokens in %.3f s (%.1f tok/s)\n", n, secs, secs > 0 ? n / secs : 0.0);
