@@ -21,10 +21,11 @@ struct FlagsTrainArgs {
 
 struct FlagsEvalArgs {
   std::string dir, concepts, corpus, prompt = "Once upon a time", control, probe_corpus;
-  int64_t samples = 20, max_tokens = 120, max_texts = 600, probe_texts = 2000;
+  int64_t samples = 20, max_tokens = 120, max_texts = 600, probe_texts = 2000, probe_test_texts = 0, bootstrap = 1000;
   double temperature = 0.8, steer_scale = 1.0;
   std::vector<int64_t> probe_layers;
   bool probe_supplied = false;
+  std::string probe_flags = "own";
   uint64_t seed = 0;
   bool json = false;
 };
@@ -133,9 +134,12 @@ int cmd_eval(const FlagsEvalArgs& a) {
   o.control = a.control;
   o.probe_corpus = a.probe_corpus;
   o.probe_texts = a.probe_texts;
+  o.probe_test_texts = a.probe_test_texts;
+  o.bootstrap = a.bootstrap;
   o.steer_scale = a.steer_scale;
   o.probe_layers = a.probe_layers;
   o.probe_supplied = a.probe_supplied;
+  o.probe_flags = a.probe_flags;
   auto r = lumen::evaluate_flags(a.dir, held, o);
   std::cout << (a.json ? r.to_json() + "\n" : r.table());
   return 0;
@@ -246,10 +250,19 @@ void add_flags_commands(CLI::App& app, int& rc) {
   ev->add_option("--control", ea->control, "a fine-tune without flags (--alpha 0 --no-supply): the flags' own cost");
   ev->add_option("--probe-corpus", ea->probe_corpus, "plain texts that train the erosion probes (default: half the held-out set)");
   ev->add_option("--probe-texts", ea->probe_texts, "texts read from --probe-corpus")->capture_default_str();
+  ev->add_option("--probe-test-texts", ea->probe_test_texts,
+                 "test the probes on this many --probe-corpus texts after the first --probe-texts, not the held-out set")
+      ->capture_default_str();
+  ev->add_option("--bootstrap", ea->bootstrap, "resamples for the erosion shift's 95% interval (0: none)")
+      ->capture_default_str();
   ev->add_option("--steer-scale", ea->steer_scale, "force flags to this multiple of on_value")->capture_default_str();
   ev->add_option("--probe-layers", ea->probe_layers, "resid_post layers probed besides the flag layer (default: the last)")
       ->delimiter(',');
   ev->add_flag("--probe-supplied", ea->probe_supplied, "probe the flagged model with the true flags supplied");
+  ev->add_option("--probe-flags", ea->probe_flags,
+                 "flag dims in the probe passes: own, supplied (the flagged model gets the truth) or off (forced off in every model)")
+      ->check(CLI::IsMember({"own", "supplied", "off"}))
+      ->capture_default_str();
   ev->add_flag("--json", ea->json, "print JSON");
   ev->callback([&rc, ea] { rc = cmd_eval(*ea); });
 

@@ -46,7 +46,8 @@ struct ConceptCorpus {
 };
 
 // Newline-separated texts (TinyStories layout); blank lines skipped; max_texts < 0: all.
-std::vector<std::string> read_texts(const std::string& path, int64_t max_texts = -1);
+// The non-empty lines of `path` (trimmed) after skipping the first `skip` of them, at most max_texts.
+std::vector<std::string> read_texts(const std::string& path, int64_t max_texts = -1, int64_t skip = 0);
 ConceptCorpus label_texts(const std::vector<std::string>& texts, const std::vector<ConceptRule>& rules);
 // JSONL: {"text": "...", "labels": {"dog": 1, "cat": 0}} or {"text": "...", "concepts": ["dog"]}.
 // The concept list is the union of the names seen, in first-seen order. At most 64 concepts.
@@ -79,6 +80,7 @@ struct FlagSpec {
   int64_t seq_len = 128;
   FlagScope scope = FlagScope::Window;
   FlagSupply supply = FlagSupply::All;  // how training supplied the flags (flags.json before it: all)
+  std::string training;           // JSON object: every training option and the data size (empty: not recorded)
   std::string hook_name() const;
   int64_t index_of(const std::string& concept) const;  // throws Error(Arg) naming the known ones
 };
@@ -177,16 +179,32 @@ struct FlagEvalOptions {
   std::string probe_corpus;      // plain texts (labelled by the spec's rules) that train the erosion
                                  // probes, which then test on the held-out set; empty: half/half held-out
   int64_t probe_texts = 2000;    // texts read from probe_corpus
+  int64_t probe_test_texts = 0;  // > 0: the probes test on the probe_corpus texts after the first
+                                 // probe_texts (this many) instead of the held-out set: more positives
+  int64_t bootstrap = 1000;      // resamples of the probe test windows for the erosion intervals
   std::string control;           // a fine-tune without flags (alpha 0, no supply): its perplexity
   double steer_scale = 1.0;      // steering forces a flag to steer_scale x on_value
   std::vector<int64_t> probe_layers;  // resid_post layers probed besides the flag layer (empty: the last)
   bool probe_supplied = false;   // probe the flagged model with the true flags supplied (its stage-2 condition)
+  // What the flag dims hold in the probe passes: "own" (what each model writes), "supplied" (the
+  // flagged model gets the true flags; same as probe_supplied) or "off" (every model, base and
+  // control included, has them forced to off_value: later blocks cannot read the concept there).
+  std::string probe_flags = "own";
   std::function<void(const std::string&)> log;
 };
 
 // Erosion probe accuracy at one site: base model, flagged model, no-flag control fine-tune.
 struct ProbeAccuracy {
   double before = std::nan(""), after = std::nan(""), control = std::nan("");
+};
+
+// The flagged model's probe accuracy minus the control's (the base model's without a control) at
+// one view, averaged over the concepts with enough positives to probe, with a 95% bootstrap interval
+// over the test windows (the same resample for both models and every concept).
+struct ProbeShift {
+  double mean = std::nan(""), lo = std::nan(""), hi = std::nan("");
+  int64_t concepts = 0, lower = 0;  // concepts averaged, and how many of them fell
+  std::string against = "control";  // "control" or "base"
 };
 
 struct ConceptEval {
@@ -213,6 +231,9 @@ struct FlagEvalResult {
   double steer_scale = 1.0;
   std::vector<std::string> probe_sites;  // "blocks.L.hook_resid_post@last|@mean", the flag layer's @last first
   bool probe_supplied = false;           // the flagged model's probes ran with the true flags supplied
+  std::string probe_flags = "own";       // FlagEvalOptions::probe_flags as run
+  std::vector<ProbeShift> probe_shifts;  // per probe_sites: erosion shows as an interval below 0
+  int64_t probe_train_windows = 0, probe_test_windows = 0;
   std::string supply = "all";            // how the true flags were supplied (supplied_gain, probe_supplied)
   std::string to_json() const;   // the contract: {concepts:{name:{...}}, ppl_base, ppl_flagged, ...}
   std::string table() const;

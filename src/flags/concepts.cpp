@@ -107,15 +107,18 @@ std::vector<int64_t> ConceptCorpus::positives() const {
   return p;
 }
 
-std::vector<std::string> read_texts(const std::string& path, int64_t max_texts) {
+std::vector<std::string> read_texts(const std::string& path, int64_t max_texts, int64_t skip) {
   std::istringstream in(read_file(path));
   std::vector<std::string> out;
   std::string line;
+  int64_t seen = 0;
   while (std::getline(in, line) && (max_texts < 0 || static_cast<int64_t>(out.size()) < max_texts)) {
     line = trim(line);
-    if (!line.empty()) out.push_back(line);
+    if (!line.empty() && seen++ >= skip) out.push_back(line);
   }
-  require(!out.empty(), ErrorKind::Io, path + ": no texts (expected one text per line)");
+  require(!out.empty(), ErrorKind::Io,
+          path + ": no texts" + (skip > 0 ? " after the first " + std::to_string(skip) : std::string()) +
+              " (expected one text per line)");
   return out;
 }
 
@@ -266,6 +269,7 @@ FlagSpec load_flag_spec(const std::string& dir) {
   require(supply == "none" || supply == "all" || supply == "on-only", ErrorKind::Format,
           path + ": 'supply' must be \"none\", \"all\" or \"on-only\", found \"" + supply + "\"");
   s.supply = parse_flag_supply(supply);
+  if (j.contains("training") && j["training"].is_object()) s.training = j["training"].dump();
   // Rules are stored as an object (sorted by name); put them back in concept order.
   if (!s.rules.empty()) {
     std::vector<ConceptRule> ordered;
@@ -290,6 +294,7 @@ void save_flag_spec(const std::string& dir, const FlagSpec& s) {
   j["seq_len"] = s.seq_len;
   j["scope"] = flag_scope_name(s.scope);
   j["supply"] = flag_supply_name(s.supply);
+  if (!s.training.empty()) j["training"] = json::parse(s.training);
   if (!s.rules.empty()) {
     json r = json::object();
     for (const auto& rule : s.rules) r[rule.name] = rule.words;

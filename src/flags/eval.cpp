@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -107,12 +108,12 @@ double balanced_accuracy(const torch::Tensor& pred, const torch::Tensor& label) 
   return 0.5 * (tpr + tnr);
 }
 
-// Class-balanced L2 logistic regression, full batch Adam from zeros (deterministic). Returns the
-// balanced accuracy on the test rows.
-double probe_accuracy(const torch::Tensor& xtr, const torch::Tensor& ytr, const torch::Tensor& xte,
-                      const torch::Tensor& yte) {
+// Class-balanced L2 logistic regression, full batch Adam from zeros (deterministic). Returns its
+// predictions on the test rows (bool [M]), or an undefined tensor when the training labels have
+// fewer than 2 positives or negatives.
+torch::Tensor probe_predict(const torch::Tensor& xtr, const torch::Tensor& ytr, const torch::Tensor& xte) {
   const double pos = ytr.sum().item<double>(), n = ytr.numel();
-  if (pos < 2 || pos > n - 2) return std::nan("");
+  if (pos < 2 || pos > n - 2) return {};
   torch::AutoGradMode grad_on(true);  // the caller runs the model without gradients
   auto mu = xtr.mean(0), sd = xtr.std(0).clamp_min(1e-6);
   auto a = (xtr - mu) / sd, b = (xte - mu) / sd;
@@ -128,7 +129,56 @@ double probe_accuracy(const torch::Tensor& xtr, const torch::Tensor& ytr, const 
     opt.step();
   }
   torch::NoGradGuard ng;
-  return balanced_accuracy(b.matmul(w) + bias > 0, yte);
+  return b.matmul(w) + bias > 0;
+}
+
+double accuracy_of(const torch::Tensor& pred, const torch::Tensor& label) {
+  if (!pred.defined() || label.sum().item<double>() == 0) return std::nan("");
+  return balanced_accuracy(pred, label);
+}
+
+// Mean over concepts of (balanced accuracy of pred_a - of pred_b), and its 95% percentile interval
+// over `resamples` bootstrap draws of the test rows. Row counts per draw come from one seeded
+// generator; every concept and both models see the same draw, so the interval is for the paired
+// difference. Concepts without predictions or without test positives are left out.
+ProbeShift probe_shift(const std::vector<torch::Tensor>& pred_a, const std::vector<torch::Tensor>& pred_b,
+                       const torch::Tensor& y, int64_t resamples, uint64_t seed) {
+  ProbeShift s;
+  const int64_t M = y.size(0);
+  std::vector<int64_t> used;
+  for (int64_t c = 0; c < y.size(1); ++c)
+    if (pred_a[c].defined() && pred_b[c].defined() && y.select(1, c).sum().item<double>() > 0 &&
+        y.select(1, c).sum().item<double>() < M)
+      used.push_back(c);
+  if (used.empty()) return s;
+  // Balanced accuracy under row weights W [R,M]: 0.5 * (W.(p&l) / W.l + W.(~p&~l) / W.~l).
+  auto bal = [&](const torch::Tensor& W, const torch::Tensor& p, const torch::Tensor& l) {
+    auto pf = p.to(torch::kFloat), lf = l.to(torch::kFloat);
+    auto tp = W.matmul(pf * lf), pos = W.matmul(lf);
+    auto tn = W.matmul((1 - pf) * (1 - lf)), neg = W.matmul(1 - lf);
+    return 0.5 * (tp / pos.clamp_min(1e-9) + tn / neg.clamp_min(1e-9));
+  };
+  auto diff_mean = [&](const torch::Tensor& W) {  // [R]
+    auto acc = torch::zeros({W.size(0)});
+    for (int64_t c : used) acc += bal(W, pred_a[c], y.select(1, c)) - bal(W, pred_b[c], y.select(1, c));
+    return acc / static_cast<double>(used.size());
+  };
+  s.concepts = used.size();
+  auto one = torch::ones({1, M});
+  s.mean = diff_mean(one).item<double>();
+  for (int64_t c : used)
+    s.lower += accuracy_of(pred_a[c], y.select(1, c)) < accuracy_of(pred_b[c], y.select(1, c));
+  if (resamples > 0) {
+    auto gen = at::detail::createCPUGenerator(seed);
+    auto idx = torch::randint(M, {resamples, M}, gen, torch::kLong);
+    auto W = torch::zeros({resamples, M}).scatter_add_(1, idx, torch::ones({resamples, M}));
+    auto d = std::get<0>(diff_mean(W).sort());
+    // A draw can hold no positive of a rare concept; its accuracy then counts TPR as 0 (pos clamped),
+    // which widens the interval rather than narrowing it.
+    s.lo = d[static_cast<int64_t>(0.025 * (resamples - 1))].item<double>();
+    s.hi = d[static_cast<int64_t>(0.975 * (resamples - 1))].item<double>();
+  }
+  return s;
 }
 
 // Heldout labels in the spec's concept order (JSONL names matched by name; absent ones are 0).
@@ -224,6 +274,11 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   const FlagSpec spec = load_flag_spec(dir);
   require(!spec.base_model.empty() && (file_exists(spec.base_model) || is_directory(spec.base_model)), ErrorKind::Io,
           join_path(dir, "flags.json") + ": base_model '" + spec.base_model + "' not found (needed for the comparison)");
+  const std::string probe_flags = opt.probe_supplied ? "supplied" : opt.probe_flags;
+  require(probe_flags == "own" || probe_flags == "supplied" || probe_flags == "off", ErrorKind::Arg,
+          "flags eval: --probe-flags must be own, supplied or off, got '" + probe_flags + "'");
+  require(opt.probe_test_texts <= 0 || !opt.probe_corpus.empty(), ErrorKind::Arg,
+          "flags eval: --probe-test-texts needs --probe-corpus (the test texts follow the probe's training texts there)");
   Model flagged = Model::load(dir), base = Model::load(spec.base_model);
   const auto rules = mention_rules(spec);
   const int64_t K = spec.concepts.size(), D = flagged.config().d_model;
@@ -263,7 +318,7 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   };
   const auto truth = truth_of(w);
   PassStats fa = run_pass(flagged, w, spec, &mean_f, flag_site), ba = run_pass(base, w, spec, &mean_b, flag_site);
-  PassStats fs = run_pass(flagged, w, spec, &truth, opt.probe_supplied ? sites : flag_site);
+  PassStats fs = run_pass(flagged, w, spec, &truth, probe_flags == "supplied" ? sites : flag_site);
 
   FlagEvalResult res;
   res.concepts = spec.concepts;
@@ -293,26 +348,43 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   }
 
   // Erosion probes use every dimension except the flags. They train on the probe corpus's windows
-  // and test on the held-out ones, or, without a probe corpus, on the two halves of the held-out set.
+  // and test on the held-out ones (or on the probe corpus's next probe_test_texts texts), or,
+  // without a probe corpus, on the two halves of the held-out set.
   // Each site is read at the last position (what the model carries forward about the window; the
   // headline) and mean-pooled (which also holds the bag of token embeddings, untouched by erosion).
   auto keep = torch::ones({D}, torch::kBool);
   for (auto d : spec.dims) keep[d] = false;
   using torch::indexing::Slice;
-  std::optional<TokenWindows> pw;
+  auto labels_of = [&](const TokenWindows& win) {
+    auto y = torch::zeros({static_cast<int64_t>(win.tokens.size()), K});
+    for (size_t i = 0; i < win.tokens.size(); ++i)
+      for (int64_t c = 0; c < K; ++c) y[i][c] = static_cast<float>(win.labels[i][c]);
+    return y;
+  };
+  std::optional<TokenWindows> pw, tw;  // probe train and (probe_test_texts) test windows
   torch::Tensor train_y, test_y;
   if (!opt.probe_corpus.empty()) {
-    ConceptCorpus pc = align(label_texts(read_texts(opt.probe_corpus, opt.probe_texts), rules), spec);
+    const auto train_texts = read_texts(opt.probe_corpus, opt.probe_texts);
+    ConceptCorpus pc = align(label_texts(train_texts, rules), spec);
     pw.emplace(make_windows(flagged, pc, spec.rules, spec.seq_len));
-    train_y = torch::zeros({static_cast<int64_t>(pw->tokens.size()), K});
-    for (size_t i = 0; i < pw->tokens.size(); ++i)
-      for (int64_t c = 0; c < K; ++c) train_y[i][c] = static_cast<float>(pw->labels[i][c]);
+    train_y = labels_of(*pw);
     test_y = labels;
-    log("flags eval: probes train on " + std::to_string(pw->tokens.size()) + " windows of " + opt.probe_corpus);
+    if (opt.probe_test_texts > 0) {
+      ConceptCorpus tc = align(
+          label_texts(read_texts(opt.probe_corpus, opt.probe_test_texts, static_cast<int64_t>(train_texts.size())), rules),
+          spec);
+      tw.emplace(make_windows(flagged, tc, spec.rules, spec.seq_len));
+      test_y = labels_of(*tw);
+    }
+    log("flags eval: probes train on " + std::to_string(pw->tokens.size()) + " windows of " + opt.probe_corpus +
+        " and test on " + std::to_string(test_y.size(0)) +
+        (tw ? " windows of the texts after them" : " held-out windows"));
   } else {
     train_y = labels.index({Slice(0, N / 2)});
     test_y = labels.index({Slice(N / 2, N)});
   }
+  res.probe_train_windows = train_y.size(0);
+  res.probe_test_windows = test_y.size(0);
   // Views: each site at the last position and mean-pooled, then what the layers after the flag
   // layer wrote (a later site minus the flag layer): the encodings they compute, which the
   // erosion hypothesis expects to fade once the flags are there to read.
@@ -334,16 +406,19 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   };
   // One model's (train, test) probe inputs per view, from its held-out pass.
   using ProbeInputs = std::vector<std::pair<torch::Tensor, torch::Tensor>>;
-  // `supplied`: the pass runs with the true flags in place, as stage 2 trained the flagged model.
-  auto probe_inputs = [&](const Model& model, const PassStats& held_pass, bool supplied) {
-    const auto held = views(held_pass);
+  // `is_flagged`: the flagged model, which alone gets the true flags when probe_flags is "supplied".
+  auto probe_inputs = [&](const Model& model, const PassStats& held_pass, bool is_flagged) {
+    const bool supplied = is_flagged && probe_flags == "supplied", off = probe_flags == "off";
+    auto pass_views = [&](const TokenWindows& win) {
+      const int64_t n = win.tokens.size();
+      torch::Tensor forced;
+      if (supplied) forced = truth_of(win);
+      if (off) forced = torch::full({n, 1, K}, spec.off_value);
+      return views(run_pass(model, win, spec, forced.defined() ? &forced : nullptr, sites));
+    };
+    const auto held = tw ? pass_views(*tw) : supplied ? views(fs) : off ? pass_views(w) : views(held_pass);
     std::vector<torch::Tensor> train;
-    if (pw && supplied) {
-      const auto pw_truth = truth_of(*pw);
-      train = views(run_pass(model, *pw, spec, &pw_truth, sites));
-    } else if (pw) {
-      train = views(run_pass(model, *pw, spec, nullptr, sites));
-    }
+    if (pw) train = pass_views(*pw);
     ProbeInputs out;
     for (size_t k = 0; k < held.size(); ++k) {
       torch::Tensor tr, te;
@@ -356,11 +431,15 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     }
     return out;
   };
-  res.probe_supplied = opt.probe_supplied;
+  res.probe_supplied = probe_flags == "supplied";
+  res.probe_flags = probe_flags;
   const ProbeInputs pb = probe_inputs(base, fb, false);
-  const ProbeInputs pf = opt.probe_supplied ? probe_inputs(flagged, fs, true) : probe_inputs(flagged, ff, false);
+  const ProbeInputs pf = probe_inputs(flagged, ff, true);
   std::optional<ProbeInputs> pctl;
   if (control) pctl.emplace(probe_inputs(*control, *fc, false));
+  const size_t V = pb.size();
+  // Predictions per view and concept, for the accuracies and the shift intervals.
+  std::vector<std::vector<torch::Tensor>> pred_b(V, std::vector<torch::Tensor>(K)), pred_f = pred_b, pred_c = pred_b;
   for (int64_t c = 0; c < K; ++c) {
     ConceptEval& e = res.per_concept[c];
     auto y = labels.select(1, c);
@@ -369,16 +448,25 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
     e.readout_accuracy = balanced_accuracy(ff.last[0].select(1, spec.dims[c]) > thr, y);
     if (e.positives > 0) e.reliance = (fa.nll - ff.nll).index({y > 0}).mean().item<double>();
     const auto ytr = train_y.select(1, c), yte = test_y.select(1, c);
-    for (size_t k = 0; k < pb.size(); ++k) {
+    for (size_t k = 0; k < V; ++k) {
       ProbeAccuracy p;
-      p.before = probe_accuracy(pb[k].first, ytr, pb[k].second, yte);
-      p.after = probe_accuracy(pf[k].first, ytr, pf[k].second, yte);
-      if (pctl) p.control = probe_accuracy((*pctl)[k].first, ytr, (*pctl)[k].second, yte);
+      pred_b[k][c] = probe_predict(pb[k].first, ytr, pb[k].second);
+      pred_f[k][c] = probe_predict(pf[k].first, ytr, pf[k].second);
+      p.before = accuracy_of(pred_b[k][c], yte);
+      p.after = accuracy_of(pred_f[k][c], yte);
+      if (pctl) {
+        pred_c[k][c] = probe_predict((*pctl)[k].first, ytr, (*pctl)[k].second);
+        p.control = accuracy_of(pred_c[k][c], yte);
+      }
       e.probes.push_back(p);
     }
     e.probe_accuracy_before = e.probes[0].before;
     e.probe_accuracy_after = e.probes[0].after;
     e.probe_accuracy_control = e.probes[0].control;
+  }
+  for (size_t k = 0; k < V; ++k) {
+    res.probe_shifts.push_back(probe_shift(pred_f[k], pctl ? pred_c[k] : pred_b[k], test_y, opt.bootstrap, opt.seed + k));
+    res.probe_shifts.back().against = pctl ? "control" : "base";
   }
 
   if (opt.samples <= 0) {  // loss, reliance and probes only
@@ -455,6 +543,18 @@ std::string FlagEvalResult::to_json() const {
   j["concepts"] = cs;
   j["probe_sites"] = probe_sites;
   j["probe_supplied"] = probe_supplied;
+  j["probe_flags"] = probe_flags;
+  if (!probe_shifts.empty()) {
+    nlohmann::json sh = nlohmann::json::object();
+    for (size_t k = 0; k < probe_shifts.size() && k < probe_sites.size(); ++k) {
+      const ProbeShift& p = probe_shifts[k];
+      sh[probe_sites[k]] = {{"mean", num(p.mean)}, {"lo", num(p.lo)}, {"hi", num(p.hi)},
+                            {"concepts", p.concepts}, {"lower", p.lower}, {"against", p.against}};
+    }
+    j["probe_shifts"] = sh;  // flagged - reference, mean over concepts, 95% bootstrap interval
+    j["probe_train_windows"] = probe_train_windows;
+    j["probe_test_windows"] = probe_test_windows;
+  }
   j["supply"] = supply;
   j["ppl_base"] = ppl_base;
   j["ppl_flagged"] = ppl_flagged;
@@ -492,9 +592,14 @@ std::string FlagEvalResult::table() const {
                              !std::isnan(per_concept[0].probes[0].control);
     o << "erosion: probe balanced accuracy from the non-flag dims (Ln: blocks.n.hook_resid_post, wa-b: what blocks "
          "a..b wrote; last position or mean over positions)"
-      << (probe_supplied ? ", the flagged model with the true flags supplied" : "") << "; per concept: flagged - "
-      << (has_control ? "control" : "base") << " (negative: erosion)\n";
-    std::snprintf(buf, sizeof buf, "%-10s %6s %6s %6s ", "view", "base", "ctl", "flag");
+      << (probe_flags == "supplied" ? ", the flagged model with the true flags supplied"
+          : probe_flags == "off"    ? ", every model with the flag dims forced off"
+                                    : "")
+      << "; per concept: flagged - "
+      << (has_control ? "control" : "base") << " (negative: erosion); shift: the mean of those, its 95% bootstrap "
+         "interval over the "
+      << probe_test_windows << " test windows, and how many concepts fell\n";
+    std::snprintf(buf, sizeof buf, "%-10s %6s %6s %6s %-24s", "view", "base", "ctl", "flag", " shift [95%]  fell");
     o << buf;
     for (const auto& c : concepts) {
       std::snprintf(buf, sizeof buf, " %6.6s", c.c_str());
@@ -523,6 +628,11 @@ std::string FlagEvalResult::table() const {
       mean.before /= n, mean.control /= n, mean.after /= n;
       std::snprintf(buf, sizeof buf, "%-10s %6.3f %6.3f %6.3f ", short_site(probe_sites[k]).c_str(), mean.before,
                     mean.control, mean.after);
+      o << buf;
+      const ProbeShift sh = k < probe_shifts.size() ? probe_shifts[k] : ProbeShift{};
+      std::snprintf(buf, sizeof buf, "%+.3f [%+.3f,%+.3f] %2lld/%-2lld", sh.mean, sh.lo, sh.hi,
+                    static_cast<long long>(sh.lower), static_cast<long long>(sh.concepts));
+      std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), "%*s", std::max(0, 24 - static_cast<int>(std::strlen(buf))), "");
       o << buf << deltas << "\n";
     }
   }

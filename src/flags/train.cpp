@@ -155,6 +155,33 @@ std::string fingerprint(const FlagTrainOptions& o, size_t n_windows, size_t n_co
   return j.dump();
 }
 
+// Every option that shapes the result, for flags.json: the run can be repeated from it.
+std::string training_record(const FlagTrainOptions& o, size_t n_windows, size_t n_concepts) {
+  nlohmann::json j;
+  j["layer"] = o.layer;
+  j["dims"] = o.n_dims;
+  if (!o.dims.empty()) j["dim_list"] = o.dims;
+  j["alpha"] = o.alpha;
+  j["on_scale"] = o.on_scale;
+  j["steps_write"] = o.steps_write;
+  j["steps_rely"] = o.steps_rely;
+  j["supply"] = !o.supply_flags ? "none" : o.supply_on_only ? "on-only" : "all";
+  j["supply_rate"] = o.supply_rate;
+  j["supply_noise"] = o.supply_noise;
+  j["balance"] = o.balance;
+  j["scope"] = flag_scope_name(o.scope);
+  j["max_pos_weight"] = o.max_pos_weight;
+  j["batch"] = o.batch;
+  j["seq_len"] = o.seq_len;
+  j["lr"] = o.lr;
+  j["weight_decay"] = o.weight_decay;
+  j["warmup_frac"] = o.warmup_frac;
+  j["seed"] = o.seed;
+  j["windows"] = n_windows;
+  j["concepts"] = n_concepts;
+  return j.dump();
+}
+
 double lr_at(const FlagTrainOptions& o, int64_t step, int64_t total) {
   const int64_t warm = std::max<int64_t>(1, static_cast<int64_t>(o.warmup_frac * total));
   if (step < warm) return o.lr * (step + 1) / warm;
@@ -416,7 +443,8 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   model.set_requires_grad(false);
   if (res.finished) {
     save_hf_checkpoint(model, opt.out_dir);
-    save_flag_spec(opt.out_dir, spec);
+    res.spec.training = training_record(opt, N, k);
+    save_flag_spec(opt.out_dir, res.spec);
     log("flags: wrote " + opt.out_dir + " (model.safetensors, config.json, flags.json)");
   }
   return res;

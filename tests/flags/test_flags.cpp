@@ -221,6 +221,12 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   auto spec = lumen::load_flag_spec(d1);
   EXPECT_EQ(spec.dims.size(), 4u);
   EXPECT_EQ(spec.supply, lumen::FlagSupply::All);
+  {  // flags.json records how it was trained
+    auto tr = nlohmann::json::parse(spec.training);
+    EXPECT_EQ(tr["dims"].get<int64_t>(), 4);
+    EXPECT_EQ(tr["supply"].get<std::string>(), "all");
+    EXPECT_TRUE(tr.contains("seed") && tr.contains("steps_rely") && tr.contains("weight_decay"));
+  }
   auto fm = lumen::Model::load(d1);
   {
     torch::NoGradGuard ng;
@@ -278,6 +284,48 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   EXPECT_EQ(j["probe_sites"][0].get<std::string>(), spec.hook_name() + "@last");
   EXPECT_TRUE(j["probe_supplied"].get<bool>());
   EXPECT_EQ(j["supply"].get<std::string>(), "all");
+  for (const auto& [view, sh] : j["probe_shifts"].items()) {
+    if (sh["mean"].is_null()) continue;
+    EXPECT_LE(sh["lo"].get<double>(), sh["mean"].get<double>() + 1e-12) << view;
+    EXPECT_GE(sh["hi"].get<double>(), sh["mean"].get<double>() - 1e-12) << view;
+    EXPECT_EQ(sh["against"].get<std::string>(), "control") << view;
+  }
+
+  // Probes tested on the probe corpus's next texts: the flagged model against itself as the control
+  // shifts nothing, exactly, in every view and every bootstrap draw.
+  const auto train_texts = lumen::read_texts(eo.probe_corpus, 5);
+  const auto skipped = lumen::read_texts(eo.probe_corpus, 3, 2);
+  ASSERT_EQ(skipped.size(), 3u);
+  EXPECT_EQ(skipped[0], train_texts[2]);
+  EXPECT_EQ(skipped[2], train_texts[4]);
+  eo.samples = 0;
+  eo.control = d1;
+  eo.probe_supplied = false;
+  eo.probe_flags = "off";  // every model's flag dims forced off: still the same model on both sides
+  eo.probe_test_texts = 80;
+  eo.bootstrap = 50;
+  auto self = nlohmann::json::parse(lumen::evaluate_flags(d1, held, eo).to_json());
+  // A window per text that has more than BOS (a few texts are dropped).
+  EXPECT_EQ(self["probe_flags"].get<std::string>(), "off");
+  EXPECT_GT(self["probe_train_windows"].get<int64_t>(), 50);
+  EXPECT_LE(self["probe_train_windows"].get<int64_t>(), 60);
+  EXPECT_GT(self["probe_test_windows"].get<int64_t>(), 70);
+  EXPECT_LE(self["probe_test_windows"].get<int64_t>(), 80);
+  int shifted_views = 0;
+  for (const auto& [view, sh] : self["probe_shifts"].items()) {
+    if (sh["concepts"].get<int64_t>() == 0) continue;
+    ++shifted_views;
+    EXPECT_EQ(sh["mean"].get<double>(), 0.0) << view;
+    EXPECT_EQ(sh["lo"].get<double>(), 0.0) << view;
+    EXPECT_EQ(sh["hi"].get<double>(), 0.0) << view;
+    EXPECT_EQ(sh["lower"].get<int64_t>(), 0) << view;
+  }
+  EXPECT_GT(shifted_views, 0);
+  eo.probe_flags = "sideways";
+  EXPECT_THROW(lumen::evaluate_flags(d1, held, eo), lumen::Error);
+  eo.probe_flags = "own";
+  eo.probe_corpus.clear();
+  EXPECT_THROW(lumen::evaluate_flags(d1, held, eo), lumen::Error);
 }
 
 }  // namespace
