@@ -133,29 +133,8 @@ uint64_t mix(uint64_t a, uint64_t b) {
   return z ^ (z >> 31);
 }
 
-std::string fingerprint(const FlagTrainOptions& o, size_t n_windows, size_t n_concepts) {
-  nlohmann::json j;
-  j["layer"] = o.layer;
-  j["n_dims"] = o.n_dims;
-  j["alpha"] = o.alpha;
-  j["steps"] = {o.steps_write, o.steps_rely};
-  j["supply"] = {o.supply_flags, o.supply_rate};
-  j["balance"] = o.balance;
-  if (o.scope != FlagScope::Window) j["scope"] = flag_scope_name(o.scope);
-  if (o.max_pos_weight != 10.0) j["max_pos_weight"] = o.max_pos_weight;
-  if (o.supply_noise != 0.0) j["supply_noise"] = o.supply_noise;
-  if (o.supply_on_only) j["supply_on_only"] = true;
-  j["batch"] = o.batch;
-  j["seq_len"] = o.seq_len;
-  j["lr"] = o.lr;
-  j["wd"] = o.weight_decay;
-  j["seed"] = o.seed;
-  j["windows"] = n_windows;
-  j["concepts"] = n_concepts;
-  return j.dump();
-}
-
-// Every option that shapes the result, for flags.json: the run can be repeated from it.
+// Every option that shapes the result: flags.json records it so the run can be repeated, and a
+// checkpoint carries it so that --resume refuses one written with other settings.
 std::string training_record(const FlagTrainOptions& o, size_t n_windows, size_t n_concepts) {
   nlohmann::json j;
   j["layer"] = o.layer;
@@ -251,7 +230,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     m1.push_back(torch::zeros_like(kv.second).detach());
     m2.push_back(torch::zeros_like(kv.second).detach());
   }
-  const std::string fp = fingerprint(opt, N, k);
+  const std::string fp = training_record(opt, N, k);
   int64_t start = 0;
   if (opt.resume && file_exists(ckpt)) {
     TensorStore st = TensorStore::open(ckpt);
@@ -443,7 +422,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   model.set_requires_grad(false);
   if (res.finished) {
     save_hf_checkpoint(model, opt.out_dir);
-    res.spec.training = training_record(opt, N, k);
+    res.spec.training = fp;
     save_flag_spec(opt.out_dir, res.spec);
     log("flags: wrote " + opt.out_dir + " (model.safetensors, config.json, flags.json)");
   }

@@ -182,6 +182,14 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   auto m2 = lumen::Model::load(path);
   auto r2a = lumen::train_flags(m2, path, corpus, rules, o2);
   EXPECT_FALSE(r2a.finished);
+  {  // a checkpoint written with other settings is refused, --on-scale included
+    auto other = o2;
+    other.stop_after_steps = -1;
+    other.resume = true;
+    other.on_scale = 2.0;
+    auto mo = lumen::Model::load(path);
+    EXPECT_THROW(lumen::train_flags(mo, path, corpus, rules, other), lumen::Error);
+  }
   o2.stop_after_steps = -1;
   o2.resume = true;
   auto m3 = lumen::Model::load(path);  // a fresh process: starts from the base weights
