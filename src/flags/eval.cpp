@@ -146,10 +146,10 @@ ProbeShift probe_shift(const std::vector<torch::Tensor>& pred_a, const std::vect
   ProbeShift s;
   const int64_t M = y.size(0);
   std::vector<int64_t> used;
-  for (int64_t c = 0; c < y.size(1); ++c)
-    if (pred_a[c].defined() && pred_b[c].defined() && y.select(1, c).sum().item<double>() > 0 &&
-        y.select(1, c).sum().item<double>() < M)
-      used.push_back(c);
+  for (int64_t c = 0; c < y.size(1); ++c) {
+    const double pos = y.select(1, c).sum().item<double>();
+    if (pred_a[c].defined() && pred_b[c].defined() && pos > 0 && pos < M) used.push_back(c);
+  }
   if (used.empty()) return s;
   // Balanced accuracy under row weights W [R,M]: 0.5 * (W.(p&l) / W.l + W.(~p&~l) / W.~l).
   auto bal = [&](const torch::Tensor& W, const torch::Tensor& p, const torch::Tensor& l) {
@@ -158,21 +158,20 @@ ProbeShift probe_shift(const std::vector<torch::Tensor>& pred_a, const std::vect
     auto tn = W.matmul((1 - pf) * (1 - lf)), neg = W.matmul(1 - lf);
     return 0.5 * (tp / pos.clamp_min(1e-9) + tn / neg.clamp_min(1e-9));
   };
-  auto diff_mean = [&](const torch::Tensor& W) {  // [R]
-    auto acc = torch::zeros({W.size(0)});
-    for (int64_t c : used) acc += bal(W, pred_a[c], y.select(1, c)) - bal(W, pred_b[c], y.select(1, c));
-    return acc / static_cast<double>(used.size());
+  auto diffs = [&](const torch::Tensor& W) {  // [R, used concepts]
+    std::vector<torch::Tensor> d;
+    for (int64_t c : used) d.push_back(bal(W, pred_a[c], y.select(1, c)) - bal(W, pred_b[c], y.select(1, c)));
+    return torch::stack(d, 1);
   };
+  const auto whole = diffs(torch::ones({1, M})).squeeze(0);
   s.concepts = used.size();
-  auto one = torch::ones({1, M});
-  s.mean = diff_mean(one).item<double>();
-  for (int64_t c : used)
-    s.lower += accuracy_of(pred_a[c], y.select(1, c)) < accuracy_of(pred_b[c], y.select(1, c));
+  s.mean = whole.mean().item<double>();
+  s.lower = (whole < 0).sum().item<int64_t>();
   if (resamples > 0) {
     auto gen = at::detail::createCPUGenerator(seed);
     auto idx = torch::randint(M, {resamples, M}, gen, torch::kLong);
     auto W = torch::zeros({resamples, M}).scatter_add_(1, idx, torch::ones({resamples, M}));
-    auto d = std::get<0>(diff_mean(W).sort());
+    auto d = std::get<0>(diffs(W).mean(1).sort());
     // A draw can hold no positive of a rare concept; its accuracy then counts TPR as 0 (pos clamped),
     // which widens the interval rather than narrowing it.
     s.lo = d[static_cast<int64_t>(0.025 * (resamples - 1))].item<double>();
