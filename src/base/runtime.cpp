@@ -8,6 +8,7 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <torch/version.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -43,11 +44,18 @@ void keep_freed_heap() {
 // (perf, bench/). This allocator keeps such blocks when torch frees them and hands them back for a
 // request of about the same size (at most 1/8 larger). What it keeps is capped: LUMEN_CPU_CACHE_MB,
 // default 1/8 of physical memory up to 1024; 0 turns the cache off. The oldest blocks go first.
+// libtorch 2.3 made Allocator::allocate non-const and added copy_data.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#define LUMEN_ALLOCATE_CONST
+#else
+#define LUMEN_ALLOCATE_CONST const
+#endif
+
 class CachingCpuAllocator final : public c10::Allocator {
  public:
   CachingCpuAllocator(c10::Allocator* fallback, size_t limit) : fallback_(fallback), limit_(limit) {}
 
-  c10::DataPtr allocate(size_t n) const override {
+  c10::DataPtr allocate(size_t n) LUMEN_ALLOCATE_CONST override {
     if (n < kMin) return fallback_->allocate(n);
     CachingCpuAllocator& self = instance();
     void* base = nullptr;
@@ -74,7 +82,6 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
 
-  // libtorch 2.3+ asks allocators for a copy routine; older versions ignore this member.
   void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
 
   static void install(size_t limit) {

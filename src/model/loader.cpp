@@ -194,6 +194,9 @@ std::vector<std::pair<std::string, torch::Tensor*>> Model::Impl::tensor_slots() 
 }
 
 void Model::Impl::finalize(c10::Device dev, c10::ScalarType dt) {
+  // "cuda" names the current GPU; the model reports the indexed device its tensors live on, so
+  // that device() == tensor.device() holds.
+  if (!dev.is_cpu() && !dev.has_index()) dev = torch::empty({0}, torch::TensorOptions().device(dev)).device();
   if (cfg.norm_weight_plus_one) {
     auto fold = [](torch::Tensor& t) { if (t.defined()) t = t.to(torch::kFloat) + 1.0; };
     fold(lnf_w);
