@@ -5,20 +5,24 @@
         [--decode-rounds N] [--prefill-shapes 1x128,8x128,64x16] [--threads N] [--lumen-only]
     baseline_engine.py run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]
         [--new-tokens N] [--prefill-shapes 1x128,8x128,64x16] [--only a,b] [--threads N]
+        [--device cpu|cuda] [--dtype f32|bf16]
     baseline_engine.py report --results DIR --out FILE.md
+    baseline_engine.py report-cuda --results DIR --out FILE.md [--meta FILE.json]
 
 `pair` and `run` need torch (Debian's is /usr/bin/python3's). The eager side does what bench_engine
 does, in plain eager PyTorch: a ~100-line llama forward (RMSNorm, rotate_half RoPE, GQA attention,
 SwiGLU, tied or untied head, a preallocated KV cache) over the same safetensors file, the same token
 ids and the same workload sizes. `pair` starts `bench_engine serve` and times prefill, decode and
 fwd+bwd in rounds that alternate lumen's measurement and its own (bench/paired.py); `run` times
-whole sections in one process and writes bench_engine run's JSON layout. `report` needs only the
-standard library.
+whole sections in one process and writes bench_engine run's JSON layout; with `--device cuda` it
+does the same math on the GPU at `--dtype` (bench/run_cuda.sh). `report` and `report-cuda` need only
+the standard library.
 """
 import argparse
 import json
 import math
 import os
+import re
 import statistics
 import struct
 import sys
@@ -33,6 +37,8 @@ TRAIN = (8, 128)
 PROMPT_LEN, NEW_TOKENS, WARMUP_NEW_TOKENS = 16, 128, 8
 WINDOW = 32  # steady decode rate: from the first generated token's arrival to the (WINDOW+1)-th's
 ALL_SECTIONS = "load,roofline,prefill,decode,fwd_bwd,check"
+GPU_ROOFLINE_CALLS = 10  # products per timed repetition on CUDA; bench_engine.cpp uses the same count
+DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 
 
 def token_at(b, t, vocab):
@@ -43,11 +49,14 @@ def token_at(b, t, vocab):
 
 def load_safetensors(path):
     """name -> tensor, viewing a copy-on-write mapping of the file (no copy, as lumen does)."""
-    import numpy as np
     import torch
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
+    try:
+        import numpy as np
+    except ImportError:  # a CUDA machine's torch need not come with numpy
+        return load_safetensors_torch(path, n, header)
     raw = np.memmap(path, dtype=np.uint8, mode="c")
     dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
     out = {}
@@ -60,19 +69,40 @@ def load_safetensors(path):
     return out
 
 
+def load_safetensors_torch(path, n, header):
+    """load_safetensors without numpy: torch.frombuffer over a copy-on-write mmap of the file."""
+    import mmap
+    import torch
+    dtypes = {"F32": torch.float32, "F16": torch.float16, "F64": torch.float64}
+    with open(path, "rb") as f:
+        raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable, so torch does not warn
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = e["data_offsets"]
+        dt = dtypes[e["dtype"]]
+        count = (hi - lo) // torch.tensor([], dtype=dt).element_size()
+        out[name] = torch.frombuffer(raw, dtype=dt, count=count, offset=8 + n + lo).reshape(e["shape"])
+    return out
+
+
 class KVCache:
-    def __init__(self, n_layers, batch, n_kv, capacity, d_head):
+    def __init__(self, n_layers, batch, n_kv, capacity, d_head, device="cpu", dtype=None):
         import torch
-        self.k = [torch.zeros(batch, n_kv, capacity, d_head) for _ in range(n_layers)]
-        self.v = [torch.zeros(batch, n_kv, capacity, d_head) for _ in range(n_layers)]
+        self.k = [torch.zeros(batch, n_kv, capacity, d_head, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(batch, n_kv, capacity, d_head, device=device, dtype=dtype) for _ in range(n_layers)]
         self.length = 0
 
 
 class Llama:
-    """HF LlamaForCausalLM's math, written out. Shapes: B batch, T new positions, Tk keys."""
+    """HF LlamaForCausalLM's math, written out. Shapes: B batch, T new positions, Tk keys. At a half
+    precision dtype RMSNorm and softmax run in float32, as in HF's llama and in lumen."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, device="cpu", dtype=None):
         import torch
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
         with open(os.path.join(folder, "config.json")) as f:
             cfg = json.load(f)
         self.D = cfg["hidden_size"]
@@ -84,6 +114,9 @@ class Llama:
         self.ctx = cfg.get("max_position_embeddings", 2048)
         self.eps = cfg.get("rms_norm_eps", 1e-6)
         w = load_safetensors(os.path.join(folder, "model.safetensors"))
+        moved = self.device.type != "cpu" or self.dtype != torch.float32
+        if moved:  # one copy at load; on the CPU at float32 the weights stay views of the file
+            w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in w.items()}
         self.embed = w["model.embed_tokens.weight"]  # [V,D]
         self.head = w.get("lm_head.weight", self.embed)  # tied unless the file has its own
         self.norm = w["model.norm.weight"]
@@ -100,11 +133,16 @@ class Llama:
         ang = torch.outer(torch.arange(self.ctx, dtype=torch.float64), inv)
         ang = torch.cat([ang, ang], -1)  # [ctx,E], HF's layout for rotate_half
         self.cos, self.sin = ang.cos().float(), ang.sin().float()
+        if moved:
+            self.cos, self.sin = self.cos.to(self.device, self.dtype), self.sin.to(self.device, self.dtype)
         self.n_params = sum(t.numel() for t in w.values())
 
     def rms_norm(self, x, w):
         import torch
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        if x.dtype == torch.float32:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
 
     @staticmethod
     def rotate_half(x):
@@ -113,7 +151,7 @@ class Llama:
         return torch.cat([-x[..., h:], x[..., :h]], -1)
 
     def new_cache(self, batch, capacity):
-        return KVCache(self.L, batch, self.K, capacity, self.E)
+        return KVCache(self.L, batch, self.K, capacity, self.E, self.device, self.dtype)
 
     def forward(self, tokens=None, embeds=None, cache=None, hidden=None):
         import torch
@@ -124,7 +162,7 @@ class Llama:
         p0 = cache.length if cache is not None else 0
         Tk = p0 + T
         cos, sin = self.cos[p0:Tk], self.sin[p0:Tk]  # [T,E]
-        mask = torch.ones(T, Tk, dtype=torch.bool).tril(p0) if T > 1 else None  # [T,Tk]
+        mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(p0) if T > 1 else None  # [T,Tk]
         for l, w in enumerate(self.layers):
             h = self.rms_norm(x, w["ln1"])
             q = F.linear(h, w["wq"]).view(B, T, H, E).transpose(1, 2)  # [B,H,T,E]
@@ -142,7 +180,8 @@ class Llama:
             s = (q @ k.transpose(-1, -2)) / math.sqrt(E)  # [B,H,T,Tk]
             if mask is not None:
                 s = s.masked_fill(~mask, float("-inf"))
-            z = s.softmax(-1) @ v  # [B,H,T,E]
+            p = s.softmax(-1) if s.dtype == torch.float32 else s.softmax(-1, dtype=torch.float32).to(s.dtype)
+            z = p @ v  # [B,H,T,E]
             x = x + F.linear(z.transpose(1, 2).reshape(B, T, H * E), w["wo"])
             h = self.rms_norm(x, w["ln2"])
             x = x + F.linear(F.silu(F.linear(h, w["wg"])) * F.linear(h, w["wu"]), w["wd"])
@@ -155,13 +194,27 @@ class Llama:
 
 # ---- timing ---------------------------------------------------------------------------------------
 
+# torch.cuda.synchronize under `run --device cuda`: CUDA work is asynchronous, so without it a
+# clock read would time the launches, not the work.
+_sync = None
+
+
+def sync():
+    if _sync is not None:
+        _sync()
+
+
 def time_reps(warmup, reps, fn):
+    """`warmup` untimed calls, then `reps` timed ones (seconds each); on CUDA the queue is drained
+    before the first clock read and after every call."""
     for _ in range(warmup):
         fn()
+    sync()
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
     return out
 
@@ -170,9 +223,9 @@ def timing(times):
     return {"times": times, "median": statistics.median(times)}
 
 
-def bench_tokens(B, T, vocab):
+def bench_tokens(B, T, vocab, device="cpu"):
     import torch
-    return torch.tensor([[token_at(b, t, vocab) for t in range(T)] for b in range(B)], dtype=torch.long)
+    return torch.tensor([[token_at(b, t, vocab) for t in range(T)] for b in range(B)], dtype=torch.long, device=device)
 
 
 def evict_from_page_cache(path):
@@ -206,17 +259,25 @@ def bench_load(folder, reps):
 
 
 def roofline(m, reps):
+    """Best GFLOP/s over the model's GEMM shapes with 1024 rows at the model's device and dtype. On
+    CUDA a timed repetition runs GPU_ROOFLINE_CALLS products: one takes about what a synchronize costs."""
     import torch
     import torch.nn.functional as F
     M, D, Fm = 1024, m.D, m.layers[0]["wg"].shape[0]
     shapes, best = {}, 0.0
+    calls = GPU_ROOFLINE_CALLS if m.device.type == "cuda" else 1
 
     def run(name, k, n, weight_layout):
         nonlocal best
-        x = torch.randn(M, k)
-        w = torch.randn(n, k) if weight_layout else torch.randn(k, n)
-        f = (lambda: F.linear(x, w)) if weight_layout else (lambda: torch.mm(x, w))
-        g = 2.0 * M * k * n / min(time_reps(2, reps, f)) / 1e9
+        x = torch.randn(M, k, device=m.device, dtype=m.dtype)
+        w = torch.randn(n, k, device=m.device, dtype=m.dtype) if weight_layout else torch.randn(k, n, device=m.device, dtype=m.dtype)
+        one = (lambda: F.linear(x, w)) if weight_layout else (lambda: torch.mm(x, w))
+
+        def f():
+            for _ in range(calls):
+                one()
+
+        g = 2.0 * M * k * n * calls / min(time_reps(2, reps, one if calls == 1 else f)) / 1e9
         shapes[name] = g
         best = max(best, g)
 
@@ -233,17 +294,19 @@ def bench_prefill(m, batches, reps):
     out = {}
     with torch.no_grad():
         for B, T in batches:
-            tok = bench_tokens(B, T, m.V)
+            tok = bench_tokens(B, T, m.V, m.device)
             out[f"{B}x{T}"] = timing(time_reps(1, reps, lambda: m.forward(tok)))
     return out
 
 
 def generate(m, prompt, n_new):
-    """Greedy decoding with the KV cache, timed like lumen::generate: decode = after the prompt pass."""
+    """Greedy decoding with the KV cache, timed like lumen::generate: decode = after the prompt pass
+    (on CUDA: after it is launched, as lumen::generate reads its clock; each int() of an argmax waits
+    for the GPU, so the arrivals and the end follow finished work)."""
     import torch
     with torch.no_grad():
         cache = m.new_cache(1, len(prompt) + n_new)
-        last = m.forward(torch.tensor([prompt]), cache=cache)[:, -1]  # [1,V]
+        last = m.forward(torch.tensor([prompt], device=m.device), cache=cache)[:, -1]  # [1,V]
         t1 = time.perf_counter()
         out, arrivals = [], []
         for step in range(n_new):
@@ -252,7 +315,7 @@ def generate(m, prompt, n_new):
             arrivals.append(time.perf_counter())
             if step + 1 == n_new:
                 break
-            last = m.forward(torch.tensor([[tok]]), cache=cache)[:, -1]
+            last = m.forward(torch.tensor([[tok]], device=m.device), cache=cache)[:, -1]
         return out, time.perf_counter() - t1, arrivals
 
 
@@ -261,6 +324,7 @@ def bench_decode(m, new_tokens, reps):
     generate(m, prompt, WARMUP_NEW_TOKENS)  # warm-up
     decode, e2e, window = [], [], []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         tokens, d, arrivals = generate(m, prompt, new_tokens)
         e2e.append(time.perf_counter() - t0)
@@ -280,7 +344,7 @@ def fwd_bwd_step(m):
     import torch
     import torch.nn.functional as F
     B, T = TRAIN
-    emb0 = F.embedding(bench_tokens(B, T, m.V), m.embed).contiguous()
+    emb0 = F.embedding(bench_tokens(B, T, m.V, m.device), m.embed).contiguous()
 
     def step():
         emb = emb0.detach().requires_grad_(True)
@@ -299,26 +363,62 @@ def bench_fwd_bwd(m, reps):
 
 
 def check_values(m):
+    """The last position's logits of the 1x128 prefill, summed in float32 whatever the dtype."""
     import torch
     with torch.no_grad():
-        logits = m.forward(bench_tokens(1, 128, m.V))[0, 127]
+        logits = m.forward(bench_tokens(1, 128, m.V, m.device))[0, 127].float()
     return {"logits_last_sum": float(logits.sum()), "logits_last_absmax": float(logits.abs().max()),
             "argmax_last": int(logits.argmax())}
 
 
+def device_dtype(args):
+    """--device cpu|cuda[:N] and --dtype f32|bf16 -> (torch.device, torch.dtype), checked before
+    anything loads; a one-line exit naming what was expected otherwise."""
+    global _sync
+    import torch
+    dev, dt = args.device or "cpu", args.dtype or "f32"
+    if dt not in DTYPES:
+        sys.exit(f"baseline_engine.py: --dtype {dt}: expected f32 or bf16")
+    if dev != "cpu" and not re.fullmatch(r"cuda(:\d+)?", dev):
+        sys.exit(f"baseline_engine.py: --device {dev}: expected cpu, cuda or cuda:N")
+    device = torch.device(dev)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            sys.exit(f"baseline_engine.py: --device {dev}: CUDA is not available (torch {torch.__version__}, {build})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            sys.exit(f"baseline_engine.py: --device {dev}: only {torch.cuda.device_count()} CUDA device(s)")
+        if device.index is not None:  # set_device refuses a device without an index
+            torch.cuda.set_device(device)
+        _sync = torch.cuda.synchronize
+    return device, getattr(torch, DTYPES[dt])
+
+
 def run(args):
     import torch
+    device, dtype = device_dtype(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
+    skipped = {}
+    if device.type == "cuda" and "load" in only:  # it times mmap and the page cache: a CPU measurement
+        only.discard("load")
+        skipped["load"] = "not on CUDA: times mmap and the page cache, a CPU measurement"
     batches = [tuple(int(v) for v in b.split("x")) for b in args.prefill_shapes.split(",")]
     out = {"impl": "eager", "shape": args.shape or os.path.basename(os.path.normpath(args.model)),
            "model": args.model, "omp_wait_policy": (os.environ.get("OMP_WAIT_POLICY") or "default").lower(),
            "intra_op_threads": torch.get_num_threads(), "threads_requested": args.threads, "torch": torch.__version__,
            "reps": args.reps, "decode_reps": args.decode_reps}
+    if args.device is not None or args.dtype is not None:  # recorded when asked for, as bench_engine does
+        out["device"], out["dtype"] = str(device), args.dtype or "f32"
+        if device.type == "cuda":
+            out["device_name"] = torch.cuda.get_device_name(device)
+            out["cuda"] = torch.version.cuda
+    if skipped:
+        out["skipped"] = skipped
     if "load" in only:
         out["load"] = bench_load(args.model, args.reps)
-    m = Llama(args.model)
+    m = Llama(args.model, device, dtype)
     out["config"] = {"d_model": m.D, "n_layers": m.L, "n_heads": m.H, "n_kv_heads": m.K, "d_head": m.E,
                      "d_mlp": m.layers[0]["wg"].shape[0], "d_vocab": m.V, "n_ctx": m.ctx, "n_params": m.n_params}
     sections = [("roofline", lambda: roofline(m, max(args.reps, 3))),
@@ -702,6 +802,119 @@ def report(args):
     print(text)
 
 
+# ---- the CUDA report (bench/run_cuda.sh) ------------------------------------------------------------
+
+CUDA_RUN = re.compile(r"^(lumen|eager)-(.+)-(f32|bf16)-r(\d+)\.json$")
+
+
+def report_cuda(args):
+    """One table from run_cuda.sh's IMPL-SHAPE-DTYPE-rROUND.json files: per shape and dtype, the
+    median over rounds of the per-round throughput ratios lumen/eager (the two processes of a round ran
+    back to back), lumen's hook-caching overhead and its prefill 8x128 as % of its own roofline."""
+    runs = {}  # (shape, dtype) -> round -> impl -> the run's JSON
+    for name in sorted(os.listdir(args.results)):
+        mt = CUDA_RUN.match(name)
+        if not mt:
+            continue
+        with open(os.path.join(args.results, name)) as f:
+            part = json.load(f)
+        impl, shape, dtype, rnd = mt.groups()
+        runs.setdefault((shape, dtype), {}).setdefault(int(rnd), {})[impl] = part
+    meta = {}
+    if args.meta and os.path.exists(args.meta):
+        with open(args.meta) as f:
+            meta = json.load(f)
+    order = {"15M": 0, "42M": 1, "110M": 2, "1B": 3}
+    keys = sorted(runs, key=lambda k: (order.get(k[0], 9), k[0], k[1] != "f32", k[1]))
+    every = [r for k in keys for rr in runs[k].values() for r in rr.values()]
+    eager_any = next((r for r in every if r.get("impl") == "eager"), {})
+    lumen_any = next((r for r in every if r.get("impl") == "lumen"), {})
+    train = f"{TRAIN[0]}x{TRAIN[1]}"
+
+    def prefill(r, B, T):
+        t = ((r or {}).get("prefill") or {}).get(f"{B}x{T}", {}).get("median")
+        return B * T / t if t else None
+
+    def decode(r):
+        d = (r or {}).get("decode")
+        return d["new_tokens"] / d["median"] if d and d.get("median") else None
+
+    def fwd_bwd(r):
+        t = ((r or {}).get("fwd_bwd") or {}).get(train, {}).get("median")
+        return TRAIN[0] * TRAIN[1] / t if t else None
+
+    def ratio_cell(rounds, fn):
+        """'1.23× (1.10–1.31)': the median and range of the per-round ratios lumen/eager."""
+        rs = []
+        for rr in rounds.values():
+            a, b = fn(rr.get("lumen")), fn(rr.get("eager"))
+            if a and b:
+                rs.append(a / b)
+        return paired.fmt_ratio({"ratio_median": statistics.median(rs), "ratio_min": min(rs), "ratio_max": max(rs)}) if rs else "—"
+
+    lines = []
+    w = lines.append
+    w("# lumen vs PyTorch eager on CUDA")
+    w("")
+    head = []
+    if eager_any.get("device_name"):
+        head.append(f"GPU: {eager_any['device_name']}")
+    elif "device" not in meta:
+        head.append(f"device: {eager_any.get('device') or lumen_any.get('device') or '?'}")
+    if eager_any:
+        head.append(f"eager: torch {eager_any.get('torch')}" + (f" (CUDA {eager_any['cuda']})" if eager_any.get("cuda") else ""))
+    if lumen_any:
+        head.append(f"lumen: libtorch {lumen_any.get('torch')}")
+    head += [f"{k}: {v}" for k, v in meta.items()]
+    w(" · ".join(head))
+    w("")
+    w("Each round runs `bench_engine run` and `baseline_engine.py run` with the same --device/--dtype back to "
+      "back, alternating which goes first. A process times each workload as the median of its calls, each "
+      "ending with a device synchronize. Cells: the median over rounds of the per-round throughput ratio "
+      "lumen/eager (>1: lumen faster) with its min–max. Hook caching: lumen's extra time for an 8×128 forward "
+      "that caches hook_embed and every hook_resid_post, over the same forward without hooks (median over "
+      "rounds). % roofline: lumen's 8×128 prefill model FLOP/s over the best GEMM rate (1024-row products of "
+      "the model's shapes, at the same dtype) that its process measured. Same: the argmax of the 1×128 "
+      "prefill's last position, and the greedy decode's tokens.")
+    w("")
+    w("| shape | dtype | prefill 1×128 | prefill 8×128 | prefill 64×16 | decode 16+128 | fwd+bwd 8×128 "
+      "| hook caching (lumen) | lumen 8×128 % roofline | same argmax / decode |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for shape, dtype in keys:
+        rounds = runs[(shape, dtype)]
+        cells = [ratio_cell(rounds, lambda r, B=B, T=T: prefill(r, B, T)) for B, T in PREFILL]
+        cells += [ratio_cell(rounds, decode), ratio_cell(rounds, fwd_bwd)]
+        lus = [rr["lumen"] for _, rr in sorted(rounds.items()) if "lumen" in rr]
+        ov = [r["hooks"][train]["overhead_median"] for r in lus if "hooks" in r]
+        cells.append(f"{100 * statistics.median(ov):+.1f}%" if ov else "—")
+        pct, roofs = [], []
+        for r in lus:
+            tok_s, roof = prefill(r, 8, 128), (r.get("roofline") or {}).get("gflops")
+            if tok_s and roof and "config" in r:
+                pct.append(100.0 * tok_s * fwd_flops(r["config"], 8, 128) / (8 * 128) / 1e9 / roof)
+                roofs.append(roof)
+        cells.append(f"{statistics.median(pct):.0f}% of {statistics.median(roofs) / 1e3:.3g} TFLOP/s" if pct else "—")
+        last = rounds[max(rounds)]
+        lc, ec = (last.get("lumen") or {}).get("check"), (last.get("eager") or {}).get("check")
+        lt = ((last.get("lumen") or {}).get("decode") or {}).get("tokens")
+        et = ((last.get("eager") or {}).get("decode") or {}).get("tokens")
+        same = "—"
+        if lc and ec:
+            same = "yes" if lc["argmax_last"] == ec["argmax_last"] else f"{lc['argmax_last']} vs {ec['argmax_last']}"
+        if lt is not None and et is not None:
+            first = next((i for i, (a, b) in enumerate(zip(lt, et)) if a != b), None)
+            if first is None and len(lt) != len(et):
+                first = min(len(lt), len(et))
+            same += f" / {'yes' if first is None else f'from token {first}'}"
+        cells.append(same)
+        n, want = sum(1 for rr in rounds.values() if "lumen" in rr and "eager" in rr), meta.get("rounds", 0)
+        w(f"| {shape} | {dtype}{f' ({n} of {want} rounds)' if n < want else ''} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -715,6 +928,8 @@ def main():
     r.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     r.add_argument("--prefill-shapes", default=",".join(f"{b}x{t}" for b, t in PREFILL))
     r.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    r.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    r.add_argument("--dtype", default=None, help="f32 (default) or bf16")
     q = sub.add_parser("pair")
     q.add_argument("--lumen", required=True, help="the bench_engine binary")
     q.add_argument("--model", required=True)
@@ -731,8 +946,12 @@ def main():
     p.add_argument("--results", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--meta", default="")
+    c = sub.add_parser("report-cuda", help="the table of bench/run_cuda.sh")
+    c.add_argument("--results", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--meta", default="")
     args = ap.parse_args()
-    {"run": run, "pair": pair, "report": report}[args.cmd](args)
+    {"run": run, "pair": pair, "report": report, "report-cuda": report_cuda}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 //   bench_engine make-model --out DIR --dim D --layers L --heads H --hidden F [--vocab V] [--ctx N] [--seed S]
 //   bench_engine run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]
 //                    [--new-tokens N] [--prefill-shapes 1x128,8x128,64x16] [--only a,b] [--threads N]
+//                    [--device cpu|cuda] [--dtype f32|bf16]
 //   bench_engine serve --model DIR [--threads N]
 //
 // `serve` answers one measurement per request line, for bench/baseline_engine.py's paired rounds
@@ -15,6 +16,9 @@
 //
 // Sections (`--only` picks some): load, roofline, gemv, prefill, decode, fwd_bwd, hooks, check. `--threads N`
 // sets torch's intra-op thread count (default: torch's own choice, recorded in the output).
+// `--device cuda` loads the model onto the GPU (at `--dtype`) and runs roofline, prefill, decode,
+// fwd_bwd, hooks and check there (bench/run_cuda.sh); load and gemv are CPU measurements and are
+// skipped with a note in the JSON.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -33,6 +37,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include "lumen/error.h"
@@ -71,13 +76,26 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// `warmup` untimed calls, then `reps` timed ones (seconds each).
+// Where `run` computes (its --device): the inputs go there, and every timed region waits for it.
+c10::Device g_device(c10::kCPU);
+c10::ScalarType g_dtype = c10::kFloat;
+
+// CUDA kernels run asynchronously: without a synchronize the clock would time their launches, not
+// the work. A no-op on the CPU.
+void sync_device() {
+  if (g_device.is_cuda()) torch::cuda::synchronize(g_device.has_index() ? g_device.index() : -1);
+}
+
+// `warmup` untimed calls, then `reps` timed ones (seconds each). On CUDA the queue is drained before
+// the first clock read and after every call.
 std::vector<double> time_reps(int warmup, int reps, const std::function<void()>& fn) {
   for (int i = 0; i < warmup; ++i) fn();
+  sync_device();
   std::vector<double> out;
   for (int i = 0; i < reps; ++i) {
     auto t0 = Clock::now();
     fn();
+    sync_device();
     out.push_back(seconds_since(t0));
   }
   return out;
@@ -88,12 +106,13 @@ json timing(const std::vector<double>& times) { return {{"times", times}, {"medi
 // Token ids both implementations derive the same way, spread over the vocabulary.
 int64_t token_at(int64_t b, int64_t t, int64_t vocab) { return 1 + (b * 7919 + t * 104729 + 12345) % (vocab - 1); }
 
+// [B,T] int64 on `run`'s device (filled on the CPU, then copied once, outside any timed region).
 torch::Tensor bench_tokens(int64_t B, int64_t T, int64_t vocab) {
   auto out = torch::empty({B, T}, torch::kLong);
   auto a = out.accessor<int64_t, 2>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) a[b][t] = token_at(b, t, vocab);
-  return out;
+  return out.to(g_device);
 }
 
 // Drops the file's pages from the page cache (clean pages nobody maps), so the next read comes
@@ -197,18 +216,26 @@ int make_model(const Args& a) {
 
 // ---- run ----------------------------------------------------------------------------------------
 
-// Best GFLOP/s over fp32 products of the model's own GEMM shapes with 1024 rows, through the
-// same torch ops (and BLAS) the forward uses.
+// Best GFLOP/s over products of the model's own GEMM shapes with 1024 rows, through the same
+// torch ops (and BLAS, or cuBLAS) the forward uses: fp32 on the CPU, --device/--dtype under `run`.
+// On CUDA one product of the small shapes takes microseconds, about what a synchronize costs, so
+// each timed repetition there runs kGpuRooflineCalls of them.
+const int kGpuRooflineCalls = 10;  // baseline_engine.py uses the same count
+
 json roofline(const lumen::ModelConfig& c, int reps) {
   torch::NoGradGuard ng;
   const int64_t M = 1024, D = c.d_model, F = c.d_mlp;
+  const auto opts = torch::TensorOptions().device(g_device).dtype(g_dtype);
+  const int calls = g_device.is_cuda() ? kGpuRooflineCalls : 1;
   json shapes = json::object();
   double best = 0;
   auto run = [&](const std::string& name, int64_t k, int64_t n, bool weight_layout) {
-    auto x = torch::randn({M, k});
-    auto w = weight_layout ? torch::randn({n, k}) : torch::randn({k, n});
-    auto t = time_reps(2, reps, [&] { auto y = weight_layout ? torch::linear(x, w) : torch::mm(x, w); });
-    const double g = 2.0 * M * k * n / *std::min_element(t.begin(), t.end()) / 1e9;
+    auto x = torch::randn({M, k}, opts);
+    auto w = weight_layout ? torch::randn({n, k}, opts) : torch::randn({k, n}, opts);
+    auto t = time_reps(2, reps, [&] {
+      for (int i = 0; i < calls; ++i) auto y = weight_layout ? torch::linear(x, w) : torch::mm(x, w);
+    });
+    const double g = 2.0 * M * k * n * calls / *std::min_element(t.begin(), t.end()) / 1e9;
     shapes[name] = g;
     best = std::max(best, g);
   };
@@ -312,8 +339,12 @@ DecodeRun decode_once(const lumen::Model& model, int64_t new_tokens) {
   go.use_default_stops = false;  // a random model may well produce EOS; always decode the full run
   go.max_new_tokens = new_tokens;
   std::vector<Clock::time_point> arrivals;
+  // On CUDA each step copies its logits to the host for the sampler, so a token's arrival (and the
+  // end of decode_seconds) follows finished work. decode_seconds starts when lumen::generate has
+  // launched the prompt pass, so it holds that pass's unfinished tail; eager's loop times the same.
   go.on_token = [&](size_t, int32_t, int32_t) { arrivals.push_back(Clock::now()); };
   DecodeRun out;
+  sync_device();
   auto t0 = Clock::now();
   auto res = lumen::generate(model, {prompt}, go);
   out.e2e = seconds_since(t0);
@@ -401,16 +432,43 @@ json bench_hooks(const lumen::Model& model, int reps) {
             {"overhead_median", median(ratio)}, {"n_cached", n_cached}}}};
 }
 
-// What the Python side must reproduce: the last position's logits of the 1x128 prefill.
+// What the Python side must reproduce: the last position's logits of the 1x128 prefill (summed in
+// float32 whatever the compute dtype).
 json check_values(const lumen::Model& model) {
   torch::NoGradGuard ng;
-  auto logits = model.forward(bench_tokens(1, 128, model.config().d_vocab)).select(1, 127).select(0, 0);
+  auto logits = model.forward(bench_tokens(1, 128, model.config().d_vocab)).select(1, 127).select(0, 0).to(torch::kFloat);
   return {{"logits_last_sum", logits.sum().item<double>()},
           {"logits_last_absmax", logits.abs().max().item<double>()},
           {"argmax_last", logits.argmax().item<int64_t>()}};
 }
 
+// --device cpu|cuda[:N] and --dtype f32|bf16, checked before anything loads.
+void parse_device_dtype(const Args& a) {
+  const std::string dev = a.get("device", "cpu"), dt = a.get("dtype", "f32");
+  if (dev == "cpu") {
+    g_device = c10::Device(c10::kCPU);
+  } else if (dev == "cuda" || dev.rfind("cuda:", 0) == 0) {
+    try {
+      g_device = c10::Device(dev);
+    } catch (const std::exception&) {
+      throw lumen::Error(lumen::ErrorKind::Arg, "--device " + dev + ": expected cpu, cuda or cuda:N");
+    }
+    lumen::require(torch::cuda::is_available(), lumen::ErrorKind::Arg,
+                   "--device " + dev + ": CUDA is not available (libtorch " TORCH_VERSION
+                   " sees no GPU, or is a CPU-only build)");
+    lumen::require(!g_device.has_index() || g_device.index() < static_cast<int64_t>(torch::cuda::device_count()),
+                   lumen::ErrorKind::Arg,
+                   "--device " + dev + ": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+  } else {
+    throw lumen::Error(lumen::ErrorKind::Arg, "--device " + dev + ": expected cpu or cuda");
+  }
+  if (dt == "f32") g_dtype = torch::kFloat;
+  else if (dt == "bf16") g_dtype = torch::kBFloat16;
+  else throw lumen::Error(lumen::ErrorKind::Arg, "--dtype " + dt + ": expected f32 or bf16");
+}
+
 int run(const Args& a) {
+  parse_device_dtype(a);
   const std::string dir = a.get("model"), out_path = a.get("out");
   const int reps = static_cast<int>(a.num("reps", 5));
   const int decode_reps = static_cast<int>(a.num("decode-reps", 3));
@@ -420,6 +478,12 @@ int run(const Args& a) {
   {
     std::stringstream ss(a.get("only", "load,roofline,gemv,prefill,decode,fwd_bwd,hooks,check"));
     for (std::string w; std::getline(ss, w, ',');) only.insert(w);
+  }
+  json skipped = json::object();
+  if (g_device.is_cuda()) {
+    // Both are CPU measurements: load times mmap and the page cache, gemv lumen's float32 CPU kernel.
+    if (only.erase("load")) skipped["load"] = "not on CUDA: times mmap and the page cache, a CPU measurement";
+    if (only.erase("gemv")) skipped["gemv"] = "not on CUDA: lumen's gemv is its float32 CPU decode kernel";
   }
   if (const int64_t threads = a.num("threads", 0); threads > 0) at::set_num_threads(static_cast<int>(threads));
   json out;
@@ -432,10 +496,20 @@ int run(const Args& a) {
   out["torch"] = TORCH_VERSION;
   out["reps"] = reps;
   out["decode_reps"] = decode_reps;
+  // Recorded when asked for, so that the default CPU run writes the same keys as before.
+  if (a.kv.count("device") || a.kv.count("dtype")) {
+    out["device"] = g_device.str();
+    out["dtype"] = g_dtype == torch::kBFloat16 ? "bf16" : "f32";
+    if (g_device.is_cuda()) out["cuda_device_count"] = torch::cuda::device_count();
+  }
+  if (!skipped.empty()) out["skipped"] = skipped;
 
   // Loading goes first: the cold measurement needs the file unmapped by anyone.
   if (only.count("load")) out["load"] = bench_load(dir, reps);
-  auto model = lumen::Model::load(dir);
+  lumen::LoadOptions lo;
+  lo.device = g_device;
+  lo.dtype = g_dtype;
+  auto model = lumen::Model::load(dir, lo);
   const auto& c = model.config();
   out["config"] = {{"d_model", c.d_model}, {"n_layers", c.n_layers}, {"n_heads", c.n_heads},
                    {"n_kv_heads", c.n_kv_heads}, {"d_head", c.d_head}, {"d_mlp", c.d_mlp},
@@ -529,6 +603,7 @@ int main(int argc, char** argv) {
       "usage: bench_engine make-model --out DIR --dim D --layers L --heads H --hidden F [--vocab V] [--ctx N] [--seed S]\n"
       "       bench_engine run --model DIR --out FILE.json [--shape NAME] [--reps N] [--decode-reps N]\n"
       "                        [--new-tokens N] [--prefill-shapes BxT,...] [--only a,b,...] [--threads N]\n"
+      "                        [--device cpu|cuda] [--dtype f32|bf16]\n"
       "       bench_engine serve --model DIR [--threads N]   (requests on stdin: bench/paired.py)\n";
   if (argc < 2) {
     std::cerr << usage;

@@ -62,9 +62,16 @@ for step in $steps; do
       echo "backtrace: $(grep -c '^#' "$logs/backtrace.log") frames"
       ;;
     smoke)
-      # The main job, as `make demo` runs it, on the GPU.
-      t0=$(date +%s)
+      # The CLI's greedy story on the GPU byte for byte as on the CPU, then the main job, as
+      # `make demo` runs it, on the GPU.
       model=$shared/models/stories260K
+      for dev in cpu cuda; do
+        "$build/lumen" generate "$model/stories260K.bin" --prompt "Once upon a time" --max-tokens 100 \
+          --temperature 0 --device $dev > "$logs/generate_$dev.txt" 2>&1
+      done
+      cmp -s "$logs/generate_cpu.txt" "$logs/generate_cuda.txt" && echo "generate: cuda == cpu, byte for byte" \
+        || echo "generate: cuda differs from cpu"
+      t0=$(date +%s)
       timeout 400 "$build/lumen" demo "$model" --device cuda --corpus "$shared/data/tinystories/train.txt" \
         --heldout "$shared/data/tinystories/heldout.txt" --work-dir "$build/demo" > "$logs/demo_cuda.log" 2>&1
       echo "demo (cuda) rc=$? in $(( $(date +%s) - t0 )) s"

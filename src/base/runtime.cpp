@@ -15,6 +15,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace lumen {
@@ -77,10 +78,17 @@ class CachingCpuAllocator final : public c10::Allocator {
       if (posix_memalign(&base, kHeader, cap + kHeader) != 0) throw std::bad_alloc();
       *static_cast<size_t*>(base) = cap;
     }
-    return {static_cast<char*>(base) + kHeader, base, &release, c10::Device(c10::DeviceType::CPU)};
+    void* data = static_cast<char*>(base) + kHeader;
+    {
+      std::lock_guard<std::mutex> lk(self.mutex_);
+      self.live_.insert(data);
+    }
+    // Context == data: torch's raw_allocate (bf16 CPU matmuls use it) requires that.
+    return {data, data, &release_data, c10::Device(c10::DeviceType::CPU)};
   }
 
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  // raw_deallocate gets a bare pointer, which may also be a small block from the fallback.
+  c10::DeleterFnPtr raw_deleter() const override { return &raw_delete; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
 
@@ -103,6 +111,31 @@ class CachingCpuAllocator final : public c10::Allocator {
     return p;
   }
   static CachingCpuAllocator& instance() { return *instance_ptr(); }
+
+  static void raw_delete(void* data) {
+    CachingCpuAllocator& self = instance();
+    bool ours;
+    {
+      std::lock_guard<std::mutex> lk(self.mutex_);
+      ours = self.live_.count(data) > 0;
+    }
+    if (ours) {
+      release_data(data);
+      return;
+    }
+    const c10::DeleterFnPtr d = self.fallback_->raw_deleter();
+    if (d) d(data);
+    else std::free(data);
+  }
+
+  static void release_data(void* data) {
+    {
+      CachingCpuAllocator& self = instance();
+      std::lock_guard<std::mutex> lk(self.mutex_);
+      self.live_.erase(data);
+    }
+    release(static_cast<char*>(data) - kHeader);
+  }
 
   static void release(void* base) {
     CachingCpuAllocator& self = instance();
@@ -132,6 +165,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   size_t limit_;
   mutable std::mutex mutex_;
   std::vector<Block> blocks_;
+  std::unordered_set<void*> live_;  // data pointers of large blocks in use
   size_t cached_ = 0;
   uint64_t seq_ = 0;
 };
