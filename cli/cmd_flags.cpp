@@ -26,6 +26,7 @@ struct FlagsEvalArgs {
   std::vector<int64_t> probe_layers;
   bool probe_supplied = false;
   std::string probe_flags = "own";
+  std::string device = "cpu";
   uint64_t seed = 0;
   bool json = false;
 };
@@ -140,6 +141,7 @@ int cmd_eval(const FlagsEvalArgs& a) {
   o.probe_layers = a.probe_layers;
   o.probe_supplied = a.probe_supplied;
   o.probe_flags = a.probe_flags;
+  o.device = parse_device(a.device);
   auto r = lumen::evaluate_flags(a.dir, held, o);
   std::cout << (a.json ? r.to_json() + "\n" : r.table());
   return 0;
@@ -248,6 +250,7 @@ void add_flags_commands(CLI::App& app, int& rc) {
   ev->add_option("--max-texts", ea->max_texts, "held-out texts used")->capture_default_str();
   ev->add_option("--prompt", ea->prompt, "neutral steering prompt")->capture_default_str();
   ev->add_option("--seed", ea->seed, "sampling seed")->capture_default_str();
+  ev->add_option("--device", ea->device, "cpu, cuda or cuda:N (all three models)")->capture_default_str();
   ev->add_option("--control", ea->control, "a fine-tune without flags (--alpha 0 --no-supply): the flags' own cost");
   ev->add_option("--probe-corpus", ea->probe_corpus, "plain texts that train the erosion probes (default: half the held-out set)");
   ev->add_option("--probe-texts", ea->probe_texts, "texts read from --probe-corpus")->capture_default_str();

@@ -67,7 +67,7 @@ for step in $steps; do
       model=$shared/models/stories260K
       for dev in cpu cuda; do
         "$build/lumen" generate "$model/stories260K.bin" --prompt "Once upon a time" --max-tokens 100 \
-          --temperature 0 --device $dev > "$logs/generate_$dev.txt" 2>&1
+          --temperature 0 --device $dev > "$logs/generate_$dev.txt" 2> "$logs/generate_$dev.log"
       done
       cmp -s "$logs/generate_cpu.txt" "$logs/generate_cuda.txt" && echo "generate: cuda == cpu, byte for byte" \
         || echo "generate: cuda differs from cpu"
@@ -79,6 +79,15 @@ for step in $steps; do
       timeout 300 "$build/lumen" flags demo "$model" --device cuda --corpus "$shared/data/tinystories/train.txt" \
         --out "$build/demo/flags" --concept dog > "$logs/flags_demo_cuda.log" 2>&1
       echo "flags demo (cuda) rc=$? in $(( $(date +%s) - t0 )) s"
+      # The flags evaluation on both devices: read-out, loss and probes should agree closely
+      # (sampled stories need not: each device has its own random streams). The 260K model leaves a
+      # GPU launch-bound: on the H100 the CUDA run took longer than the CPU's 124 s on 16 cores.
+      for dev in cuda cpu; do
+        t0=$(date +%s)
+        timeout 300 "$build/lumen" flags eval "$build/demo/flags" --corpus "$shared/data/tinystories/heldout.txt" \
+          --samples 4 --max-texts 300 --device $dev --json > "$logs/flags_eval_$dev.json" 2> "$logs/flags_eval_$dev.log"
+        echo "flags eval ($dev) rc=$? in $(( $(date +%s) - t0 )) s"
+      done
       ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

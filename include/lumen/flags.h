@@ -190,6 +190,7 @@ struct FlagEvalOptions {
   // flagged model gets the true flags; same as probe_supplied) or "off" (every model, base and
   // control included, has them forced to off_value: later blocks cannot read the concept there).
   std::string probe_flags = "own";
+  c10::Device device = c10::Device(c10::kCPU);  // where the flagged, base and control models run
   std::function<void(const std::string&)> log;
 };
 

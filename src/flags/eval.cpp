@@ -278,7 +278,9 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
           "flags eval: --probe-flags must be own, supplied or off, got '" + probe_flags + "'");
   require(opt.probe_test_texts <= 0 || !opt.probe_corpus.empty(), ErrorKind::Arg,
           "flags eval: --probe-test-texts needs --probe-corpus (the test texts follow the probe's training texts there)");
-  Model flagged = Model::load(dir), base = Model::load(spec.base_model);
+  LoadOptions lo;
+  lo.device = opt.device;
+  Model flagged = Model::load(dir, lo), base = Model::load(spec.base_model, lo);
   const auto rules = mention_rules(spec);
   const int64_t K = spec.concepts.size(), D = flagged.config().d_model;
 
@@ -341,7 +343,7 @@ FlagEvalResult evaluate_flags(const std::string& dir, const ConceptCorpus& heldo
   std::optional<Model> control;
   std::optional<PassStats> fc;
   if (!opt.control.empty()) {
-    control.emplace(Model::load(opt.control));
+    control.emplace(Model::load(opt.control, lo));
     fc.emplace(run_pass(*control, w, spec, nullptr, sites));
     res.ppl_control = ppl(*fc);
   }
