@@ -33,22 +33,10 @@ results=$out/results
 mkdir -p "$out/models" "$results"
 rm -f "$results"/*.json
 
-say() { printf '== %s\n' "$*" >&2; }
+source "$here/common.sh"
 
 # ---- build -------------------------------------------------------------------------------------
-if [[ ! -f $build/CMakeCache.txt ]]; then
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLUMEN_BUILD_BENCH=ON >/dev/null
-fi
-say "building bench_engine in $build"
-engine=$build/bench/bench_engine
-engine_note=fresh
-if ! cmake --build "$build" --target bench_engine -j "${JOBS:-2}" >"$out/build.log" 2>&1; then
-  grep -m5 -A3 'error' "$out/build.log" >&2 || tail -20 "$out/build.log" >&2
-  [[ -x $engine ]] || exit 1
-  # The library is shared with other work in progress; an older binary still measures something.
-  engine_note="STALE: the build failed, using bench_engine from $(date -r "$engine" -u +%Y-%m-%dT%H:%MZ)"
-  say "WARNING: $engine_note"
-fi
+build_engine "$build" "$out/build.log"
 
 have_eager=1
 if ! "$py" -c 'import torch, numpy' 2>/dev/null; then
@@ -59,15 +47,6 @@ report_py=$py
 "$report_py" -c 'import json' 2>/dev/null || report_py=python3
 
 # ---- models ------------------------------------------------------------------------------------
-# name dim layers heads hidden: the llama2.c stories shapes (n_kv_heads = heads, vocab 32000).
-shape_args() {
-  case "$1" in
-    15M) echo "288 6 6 768" ;;
-    42M) echo "512 8 8 1376" ;;
-    110M) echo "768 12 12 2048" ;;
-    *) echo "unknown shape '$1' (expected 15M, 42M or 110M)" >&2; exit 2 ;;
-  esac
-}
 default_reps() {
   if [[ -n ${LUMEN_BENCH_REPS:-} ]]; then echo "$LUMEN_BENCH_REPS"; return; fi
   if [[ $quick = 1 ]]; then echo 3; return; fi
@@ -79,12 +58,7 @@ IFS=, read -r -a shape_list <<<"$shapes"
 # The OpenMP runs (six processes per shape) go to the first shape only, unless asked: the policy's
 # effect does not depend on the model's size, and they would double the bench's time.
 omp_shapes=${LUMEN_BENCH_OMP_SHAPES:-${shape_list[0]}}
-for s in "${shape_list[@]}"; do
-  read -r dim layers heads hidden <<<"$(shape_args "$s")"
-  say "model $s: dim $dim, $layers layers, $heads heads, hidden $hidden"
-  OMP_WAIT_POLICY=PASSIVE "$engine" make-model --out "$out/models/stories$s" --dim "$dim" --layers "$layers" \
-    --heads "$heads" --hidden "$hidden" --vocab 32000 --ctx 1024 --seed 1 >&2
-done
+make_models "${shape_list[@]}"
 
 # ---- runs --------------------------------------------------------------------------------------
 # Every process gets its OpenMP policy explicitly: PASSIVE, or the variable removed plus

@@ -37,7 +37,7 @@ results=$out/results-cuda
 mkdir -p "$out/models" "$results"
 rm -f "$results"/*.json "$results"/*.log
 
-say() { printf '== %s\n' "$*" >&2; }
+source "$here/common.sh"
 die() { printf 'run_cuda.sh: %s\n' "$*" >&2; exit 1; }
 
 case "$device" in
@@ -60,40 +60,14 @@ else
 fi
 
 # ---- build -------------------------------------------------------------------------------------
-if [[ ! -f $build/CMakeCache.txt ]]; then
-  # A fresh folder on a GPU machine builds against the interpreter's (CUDA) libtorch.
-  prefix=()
-  [[ $device = cuda ]] && prefix=(-DCMAKE_PREFIX_PATH="$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')")
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLUMEN_BUILD_BENCH=ON "${prefix[@]}" >/dev/null
-fi
-say "building bench_engine in $build"
-engine=$build/bench/bench_engine
-engine_note=fresh
-if ! cmake --build "$build" --target bench_engine -j "${JOBS:-2}" >"$out/build_cuda.log" 2>&1; then
-  grep -m5 -A3 'error' "$out/build_cuda.log" >&2 || tail -20 "$out/build_cuda.log" >&2
-  [[ -x $engine ]] || exit 1
-  engine_note="STALE: the build failed, using bench_engine from $(date -r "$engine" -u +%Y-%m-%dT%H:%MZ)"
-  say "WARNING: $engine_note"
-fi
+# A fresh folder on a GPU machine builds against the interpreter's (CUDA) libtorch.
+prefix=()
+[[ $device = cuda ]] && prefix=(-DCMAKE_PREFIX_PATH="$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')")
+build_engine "$build" "$out/build_cuda.log" "${prefix[@]}"
 
 # ---- models ------------------------------------------------------------------------------------
-# name dim layers heads hidden, as bench/run.sh makes them (n_kv_heads = heads, vocab 32000, ctx 1024),
-# plus 1B: a TinyLlama-like width and depth, with full kv heads.
-shape_args() {
-  case "$1" in
-    15M) echo "288 6 6 768" ;;
-    42M) echo "512 8 8 1376" ;;
-    110M) echo "768 12 12 2048" ;;
-    1B) echo "2048 16 32 5632" ;;
-    *) die "unknown shape '$1' (expected 15M, 42M, 110M or 1B)" ;;
-  esac
-}
-for s in "${shape_list[@]}"; do
-  read -r dim layers heads hidden <<<"$(shape_args "$s")"
-  say "model $s: dim $dim, $layers layers, $heads heads, hidden $hidden"
-  OMP_WAIT_POLICY=PASSIVE "$engine" make-model --out "$out/models/stories$s" --dim "$dim" --layers "$layers" \
-    --heads "$heads" --hidden "$hidden" --vocab 32000 --ctx 1024 --seed 1 >&2
-done
+# The shapes of bench/common.sh, made as bench/run.sh makes them (same folders, same seed).
+make_models "${shape_list[@]}"
 
 # ---- rounds ------------------------------------------------------------------------------------
 # One process per side and round, lumen first in even rounds and eager first in odd ones. Both get

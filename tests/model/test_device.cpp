@@ -1,7 +1,7 @@
 // The engine and the methods on an accelerator (LUMEN_TEST_DEVICE, cuda by default): parity with
 // the float64 references, run.c's generations, hooks, gradients, SAEs, feature visualization and
 // circuits, each against the reference or against the same computation on the CPU. They skip,
-// saying so, where the device is missing.
+// saying so, where the device is missing. (Seeded sampling on the device: tests/model/test_generate.cpp.)
 #include <torch/torch.h>
 
 #include <fstream>
@@ -105,24 +105,6 @@ TEST(Device, GreedyGenerationEqualsRunCAlsoInABatch) {
   auto batched = lumen::generate(model, prompts, go);
   for (size_t i = 0; i < prompts.size(); ++i)
     EXPECT_EQ(batched.tokens[i], lumen::generate(model, {prompts[i]}, go).tokens[0]) << "prompt " << i;
-}
-
-TEST(Device, SamplingIsReproducibleFromTheSeed) {
-  LUMEN_REQUIRE_DEVICE();
-  LUMEN_REQUIRE_SHARED(kStories);
-  auto model = load_on(kStories, lumen_test::device());
-  auto ids = model.require_tokenizer().encode("Once upon a time", true);
-  lumen::GenerateOptions go;
-  go.max_new_tokens = 40;
-  go.temperature = 1.0;
-  go.top_k = 40;
-  go.top_p = 0.9;
-  go.seed = 7;
-  auto a = lumen::generate(model, {ids}, go);
-  auto b = lumen::generate(model, {ids}, go);
-  EXPECT_EQ(a.tokens, b.tokens);
-  ASSERT_EQ(a.generated[0].size(), 40u);
-  for (int32_t t : a.generated[0]) EXPECT_LT(t, model.config().d_vocab);
 }
 
 // Every cached site, the interventions (given CPU tensors) and KV-cache decoding agree with the CPU.

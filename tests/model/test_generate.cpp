@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "common.h"
+#include "device.h"
 #include "lumen/error.h"
 #include "lumen/generate.h"
 
@@ -26,22 +27,33 @@ TEST(Generate, BatchedPromptsOfDifferentLengthsMatchSingleRuns) {
   }
 }
 
+// On the CPU and, where there is one, on the accelerator (LUMEN_TEST_DEVICE): each device has its
+// own random streams, so each is checked against itself.
 TEST(Generate, SamplingIsReproducibleFromTheSeed) {
   LUMEN_REQUIRE_SHARED("models/stories260K");
-  auto model = stories();
-  auto ids = model.require_tokenizer().encode("Once upon a time", true);
-  lumen::GenerateOptions go;
-  go.max_new_tokens = 40;
-  go.temperature = 1.0;
-  go.top_k = 40;
-  go.top_p = 0.9;
-  go.seed = 7;
-  auto a = lumen::generate(model, {ids}, go);
-  auto b = lumen::generate(model, {ids}, go);
-  EXPECT_EQ(a.tokens, b.tokens);
-  go.seed = 8;
-  auto c = lumen::generate(model, {ids}, go);
-  EXPECT_NE(a.tokens, c.tokens);
+  std::vector<c10::Device> devices{c10::kCPU};
+  if (lumen_test::device_available() && !lumen_test::device().is_cpu()) devices.push_back(lumen_test::device());
+  for (const c10::Device dev : devices) {
+    SCOPED_TRACE(dev.str());
+    lumen::LoadOptions lo;
+    lo.device = dev;
+    auto model = lumen::Model::load(shared_path("models/stories260K/stories260K.bin"), lo);
+    auto ids = model.require_tokenizer().encode("Once upon a time", true);
+    lumen::GenerateOptions go;
+    go.max_new_tokens = 40;
+    go.temperature = 1.0;
+    go.top_k = 40;
+    go.top_p = 0.9;
+    go.seed = 7;
+    auto a = lumen::generate(model, {ids}, go);
+    auto b = lumen::generate(model, {ids}, go);
+    EXPECT_EQ(a.tokens, b.tokens);
+    ASSERT_EQ(a.generated[0].size(), 40u);
+    for (int32_t t : a.generated[0]) EXPECT_LT(t, model.config().d_vocab);
+    go.seed = 8;
+    auto c = lumen::generate(model, {ids}, go);
+    EXPECT_NE(a.tokens, c.tokens);
+  }
 }
 
 TEST(Generate, StopsOnStopTokensAndRespectsContext) {
