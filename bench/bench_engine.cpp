@@ -442,29 +442,13 @@ json check_values(const lumen::Model& model) {
           {"argmax_last", logits.argmax().item<int64_t>()}};
 }
 
-// --device cpu|cuda[:N] and --dtype f32|bf16, checked before anything loads.
+// --device cpu|cuda[:N] and --dtype f32|bf16 (the two the eager side and the report know), checked
+// before anything loads.
 void parse_device_dtype(const Args& a) {
-  const std::string dev = a.get("device", "cpu"), dt = a.get("dtype", "f32");
-  if (dev == "cpu") {
-    g_device = c10::Device(c10::kCPU);
-  } else if (dev == "cuda" || dev.rfind("cuda:", 0) == 0) {
-    try {
-      g_device = c10::Device(dev);
-    } catch (const std::exception&) {
-      throw lumen::Error(lumen::ErrorKind::Arg, "--device " + dev + ": expected cpu, cuda or cuda:N");
-    }
-    lumen::require(torch::cuda::is_available(), lumen::ErrorKind::Arg,
-                   "--device " + dev + ": CUDA is not available (libtorch " TORCH_VERSION
-                   " sees no GPU, or is a CPU-only build)");
-    lumen::require(!g_device.has_index() || g_device.index() < static_cast<int64_t>(torch::cuda::device_count()),
-                   lumen::ErrorKind::Arg,
-                   "--device " + dev + ": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
-  } else {
-    throw lumen::Error(lumen::ErrorKind::Arg, "--device " + dev + ": expected cpu or cuda");
-  }
-  if (dt == "f32") g_dtype = torch::kFloat;
-  else if (dt == "bf16") g_dtype = torch::kBFloat16;
-  else throw lumen::Error(lumen::ErrorKind::Arg, "--dtype " + dt + ": expected f32 or bf16");
+  g_device = lumen::parse_device(a.get("device", "cpu"));
+  g_dtype = lumen::parse_dtype(a.get("dtype", "f32"));
+  lumen::require(g_dtype == torch::kFloat || g_dtype == torch::kBFloat16, lumen::ErrorKind::Arg,
+                 "--dtype " + a.get("dtype", "f32") + ": the benchmark runs f32 or bf16");
 }
 
 int run(const Args& a) {

@@ -141,7 +141,7 @@ int cmd_eval(const FlagsEvalArgs& a) {
   o.probe_layers = a.probe_layers;
   o.probe_supplied = a.probe_supplied;
   o.probe_flags = a.probe_flags;
-  o.device = parse_device(a.device);
+  o.device = lumen::parse_device(a.device);
   auto r = lumen::evaluate_flags(a.dir, held, o);
   std::cout << (a.json ? r.to_json() + "\n" : r.table());
   return 0;

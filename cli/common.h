@@ -24,13 +24,6 @@ namespace lumen_cli {
 using lumen::Error;
 using lumen::ErrorKind;
 
-// --device: cpu, cuda or cuda:N; a GPU this build or machine lacks is an argument error.
-inline c10::Device parse_device(const std::string& device) {
-  if (device.rfind("cuda", 0) == 0)
-    lumen::require(torch::cuda::is_available(), ErrorKind::Arg, "--device " + device + ": CUDA is not available in this build/machine");
-  return c10::Device(device);
-}
-
 struct ModelArgs {
   std::string path;
   std::string tokenizer;
@@ -49,11 +42,8 @@ struct ModelArgs {
     lumen::LoadOptions lo;
     lo.tokenizer_path = tokenizer;
     lo.require_tokenizer = need_tokenizer;
-    lo.device = parse_device(device);
-    if (dtype == "f32" || dtype == "float32") lo.dtype = torch::kFloat;
-    else if (dtype == "bf16" || dtype == "bfloat16") lo.dtype = torch::kBFloat16;
-    else if (dtype == "f16" || dtype == "float16") lo.dtype = torch::kHalf;
-    else throw Error(ErrorKind::Arg, "--dtype " + dtype + ": expected f32, bf16 or f16");
+    lo.device = lumen::parse_device(device);
+    lo.dtype = lumen::parse_dtype(dtype);
     return lumen::Model::load(path, lo);
   }
 };

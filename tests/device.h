@@ -5,6 +5,9 @@
 
 #include <torch/torch.h>
 
+#include "lumen/error.h"
+#include "lumen/model.h"
+
 #include <cstdlib>
 #include <string>
 
@@ -15,13 +18,15 @@ inline std::string device_name() {
   return env && *env ? std::string(env) : std::string("cuda");
 }
 
-inline c10::Device device() { return c10::Device(device_name()); }
+inline c10::Device device() { return c10::Device(device_name()); }  // valid once device_available()
 
 inline bool device_available() {
-  const c10::Device d = device();
-  if (d.is_cpu()) return true;
-  if (!d.is_cuda() || !torch::cuda::is_available()) return false;
-  return !d.has_index() || d.index() < static_cast<int64_t>(torch::cuda::device_count());
+  try {
+    lumen::parse_device(device_name());
+    return true;
+  } catch (const lumen::Error&) {
+    return false;
+  }
 }
 
 }  // namespace lumen_test

@@ -25,6 +25,12 @@ struct LoadOptions {
   bool require_tokenizer = false;       // throw when none is found
 };
 
+// "cpu", "cuda" or "cuda:N" -> the device; a GPU this build or machine lacks (or an index past the
+// last GPU) throws Error(Arg).
+c10::Device parse_device(const std::string& name);
+// "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16" -> the dtype; anything else throws Error(Arg).
+c10::ScalarType parse_dtype(const std::string& name);
+
 // Keys and values of past positions, one pair per layer, preallocated to `capacity` positions.
 struct KVCache {
   std::vector<at::Tensor> k, v;  // [B, K, capacity, E]

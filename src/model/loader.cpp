@@ -4,6 +4,9 @@
 #include <cstring>
 #include <dirent.h>
 
+#include <torch/cuda.h>
+#include <torch/version.h>
+
 #include "lumen/error.h"
 #include "lumen/files.h"
 #include "lumen/tensors.h"
@@ -233,6 +236,31 @@ const Tokenizer& Model::require_tokenizer() const {
   return *impl_->tokenizer;
 }
 c10::Device Model::device() const { return impl_->device; }
+
+c10::Device parse_device(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::kCPU);
+  require(name == "cuda" || name.rfind("cuda:", 0) == 0, ErrorKind::Arg,
+          "device '" + name + "': expected cpu, cuda or cuda:N");
+  c10::Device dev(c10::kCPU);
+  try {
+    dev = c10::Device(name);
+  } catch (const std::exception&) {
+    throw Error(ErrorKind::Arg, "device '" + name + "': expected cpu, cuda or cuda:N");
+  }
+  require(torch::cuda::is_available(), ErrorKind::Arg,
+          "device '" + name + "': CUDA is not available (libtorch " TORCH_VERSION " sees no GPU, or is a CPU-only build)");
+  const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+  require(!dev.has_index() || dev.index() < n, ErrorKind::Arg,
+          "device '" + name + "': this machine has " + std::to_string(n) + " CUDA device(s)");
+  return dev;
+}
+
+c10::ScalarType parse_dtype(const std::string& name) {
+  if (name == "f32" || name == "float32") return c10::kFloat;
+  if (name == "bf16" || name == "bfloat16") return c10::kBFloat16;
+  if (name == "f16" || name == "float16") return c10::kHalf;
+  throw Error(ErrorKind::Arg, "dtype '" + name + "': expected f32, bf16 or f16");
+}
 c10::ScalarType Model::dtype() const { return impl_->dtype; }
 
 std::vector<HookPoint> Model::hook_points() const {

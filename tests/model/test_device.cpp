@@ -10,6 +10,7 @@
 #include "common.h"
 #include "device.h"
 #include "lumen/circuits.h"
+#include "lumen/error.h"
 #include "lumen/generate.h"
 #include "lumen/model.h"
 #include "lumen/sae.h"
@@ -40,6 +41,26 @@ double maxdiff(const torch::Tensor& a, const torch::Tensor& b) {
 torch::Tensor ids_for(int64_t vocab, int64_t T, int64_t seed = 0) {
   auto g = torch::arange(T, torch::kLong);
   return ((g * 7919 + seed * 104729 + 13) % vocab).unsqueeze(0);
+}
+
+// Needs no GPU: the names every --device and --dtype go through.
+TEST(Device, NamesParseAndBadOnesAreArgumentErrors) {
+  EXPECT_EQ(lumen::parse_device("cpu"), c10::Device(c10::kCPU));
+  EXPECT_EQ(lumen::parse_dtype("bf16"), torch::kBFloat16);
+  EXPECT_EQ(lumen::parse_dtype("float16"), torch::kHalf);
+  auto kind_of = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const lumen::Error& e) {
+      return e.kind();
+    }
+    return lumen::ErrorKind::Runtime;  // no error: not Arg
+  };
+  EXPECT_EQ(kind_of([] { lumen::parse_device("tpu"); }), lumen::ErrorKind::Arg);
+  EXPECT_EQ(kind_of([] { lumen::parse_device("cuda:x"); }), lumen::ErrorKind::Arg);
+  EXPECT_EQ(kind_of([] { lumen::parse_dtype("f8"); }), lumen::ErrorKind::Arg);
+  if (!torch::cuda::is_available()) EXPECT_EQ(kind_of([] { lumen::parse_device("cuda"); }), lumen::ErrorKind::Arg);
+  else EXPECT_EQ(kind_of([] { lumen::parse_device("cuda:999"); }), lumen::ErrorKind::Arg);
 }
 
 TEST(Device, ParityWithFloat64References) {
