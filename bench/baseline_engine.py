@@ -660,7 +660,8 @@ def report(args):
     w("")
     w("Paired rounds: each round times lumen and eager back to back, alternating which goes first "
       "(bench/README.md). Throughput in tokens/s, medians over the rounds; lumen/eager = the median of the "
-      "per-round ratios (>1: lumen faster), with their min–max range. % roofline = model GFLOP/s over the "
+      "per-round ratios (>1: lumen faster), with their min–max range and, from 5 rounds on, a 95% bootstrap "
+      "interval (CI) of that median. % roofline = model GFLOP/s over the "
       "best fp32 GEMM GFLOP/s that the same process measured before and after its workloads. "
       "Status judges the median ratio.")
     w("")

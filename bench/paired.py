@@ -11,6 +11,7 @@ starts with REPLY (bench/serve.h); other stdout lines are passed through to stde
 first REPLY line, {"ready": ...}, when its set-up is done.
 """
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -71,22 +72,37 @@ def rounds(n, lumen, eager, settle=SETTLE_S):
     return lu, ea
 
 
+def median_ci(xs, level=0.95, resamples=4000, seed=0):
+    """Percentile bootstrap interval of the median of xs (seeded, so a report reproduces)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    lo = meds[int((1 - level) / 2 * resamples)]
+    hi = meds[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return lo, hi
+
+
 def summary(lumen, eager):
     """Per-round rates (higher is faster) of both sides -> medians and the per-round ratios
-    lumen/eager: their median and min-max range."""
+    lumen/eager: their median, min-max range and, from 5 rounds on, a 95% bootstrap interval of
+    the median: how far the noise of this run leaves the median uncertain."""
     ratios = [a / b for a, b in zip(lumen, eager) if a and b]
     out = {"lumen": lumen, "eager": eager, "lumen_median": statistics.median(lumen) if lumen else None,
            "eager_median": statistics.median(eager) if eager else None, "ratios": ratios}
     if ratios:
         out.update(ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
+    if len(ratios) >= 5:
+        out["ratio_ci"] = median_ci(ratios)
     return out
 
 
 def fmt_ratio(s):
-    """'1.23× (1.10–1.31)' from a summary; '—' without ratios."""
+    """'1.23× (1.10–1.31)' from a summary, with '; CI 1.15–1.28' when it has the median's
+    interval; '—' without ratios."""
     if not s or s.get("ratio_median") is None:
         return "—"
-    return f"{s['ratio_median']:.2f}× ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})"
+    ci = s.get("ratio_ci")
+    tail = f"; CI {ci[0]:.2f}–{ci[1]:.2f}" if ci else ""
+    return f"{s['ratio_median']:.2f}× ({s['ratio_min']:.2f}–{s['ratio_max']:.2f}{tail})"
 
 
 def load_now():

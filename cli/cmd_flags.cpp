@@ -15,7 +15,7 @@ struct FlagsTrainArgs {
   int64_t max_texts = -1, checkpoint_every = 200, log_every = 100;
   double alpha = 4.0, lr = 3e-3, on_scale = 4.0, supply_rate = 1.0, weight_decay = 0.0, balance = 0.5, max_pos_weight = 10.0,
          supply_noise = 0.0;
-  bool no_supply = false, resume = false, supply_on_only = false;
+  bool no_supply = false, resume = false, supply_on_only = false, linear_write = false;
   uint64_t seed = 0;
 };
 
@@ -75,6 +75,7 @@ int cmd_train(const ModelArgs& ma, const FlagsTrainArgs& a) {
   o.max_pos_weight = a.max_pos_weight;
   o.supply_noise = a.supply_noise;
   o.supply_on_only = a.supply_on_only;
+  o.linear_write = a.linear_write;
   o.batch = a.batch;
   o.seq_len = a.seq_len;
   o.lr = a.lr;
@@ -214,6 +215,9 @@ void add_flags_commands(CLI::App& app, int& rc) {
       ->check(CLI::Range(0.0, 10.0));
   train->add_flag("--supply-on-only", ta->supply_on_only,
                   "supply only present concepts; absent ones keep what the model wrote");
+  train->add_flag("--linear-write", ta->linear_write,
+                  "write the flags as a linear read-out: the aux loss trains only the weights that write the "
+                  "flag dims, not the features upstream");
   train->add_option("--batch", ta->batch, "texts per step")->capture_default_str();
   train->add_option("--seq-len", ta->seq_len, "tokens per text window")->capture_default_str();
   train->add_option("--lr", ta->lr, "AdamW peak learning rate")->capture_default_str();

@@ -96,6 +96,10 @@ at::Tensor replace_dims(const at::Tensor& x, const at::Tensor& dim_idx, const at
 // The values the spec's supply mode puts in the flag dims for labels [B,T,k] in {0,1}: off/on_value,
 // or NaN (keep) for absent concepts under on-only. None is treated as All (supplying for a test).
 at::Tensor supplied_flags(const FlagSpec& spec, const at::Tensor& labels);
+// FlagTrainOptions::linear_write: hooks on blocks 0..layer that recompute the flag dims of each
+// block's output from its input detached (same values), so a loss on the flag dims reaches only the
+// rows of W_O / W_out that write them (and W_E's flag columns). `model` must outlive `hooks`.
+void add_linear_write_hooks(Model& model, int64_t layer, const at::Tensor& dim_idx, HookSet& hooks);
 
 // ---- training (src/flags/train.cpp) --------------------------------------------------------------
 struct FlagTrainOptions {
@@ -113,6 +117,11 @@ struct FlagTrainOptions {
   double max_pos_weight = 10.0;  // positives' aux weight is neg/pos, capped here (1: unweighted)
   double supply_noise = 0.0;     // std of Gaussian noise on supplied flags, in units of on_value
   bool supply_on_only = false;   // supply only present concepts (on_value); absent ones keep the model's write
+  // The flag dims' share of each block's output (blocks <= layer) reads its input detached, so the
+  // flags are written as a linear read-out of features the LM shapes: learning to write them trains
+  // only the rows of W_O / W_out that write the flag dims and W_E's flag columns, and cannot enrich
+  // the representation upstream. Llama/GPT-2 blocks only (no norm after the block's output).
+  bool linear_write = false;
   int64_t batch = 16;
   int64_t seq_len = 128;
   double lr = 3e-3;

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -53,6 +55,43 @@ at::Tensor supplied_flags(const FlagSpec& spec, const at::Tensor& labels) {
   auto v = spec.off_value + labels.to(torch::kFloat) * (spec.on_value - spec.off_value);
   if (spec.supply == FlagSupply::OnOnly) v = torch::where(labels > 0.5, v, torch::full_like(v, std::nan("")));
   return v;
+}
+
+// --linear-write: in blocks 0..layer, out[..., dims] = input.detach() @ W[dims]^T (+ b[dims]), the same
+// value the block wrote, with the gradient cut where it would enter the block's features.
+void add_linear_write_hooks(Model& model, int64_t layer, const at::Tensor& dim_idx, HookSet& hooks) {
+  const ModelConfig& c = model.config();
+  require(!c.sandwich_norms, ErrorKind::Arg,
+          "flags: --linear-write needs blocks whose output is a plain projection (no norm after attention/MLP)");
+  const auto names = model.named_parameters();
+  auto stash = std::make_shared<std::vector<at::Tensor>>(2 * (layer + 1));
+  const Model* m = &model;
+  for (int64_t l = 0; l <= layer; ++l) {
+    const std::string b = "blocks." + std::to_string(l) + ".";
+    for (int part = 0; part < 2; ++part) {
+      const std::string w_name = b + (part == 0 ? "attn.W_O" : "mlp.W_out"), b_name = b + (part == 0 ? "attn.b_O" : "mlp.b_out");
+      require(names.count(w_name), ErrorKind::Config, "flags: --linear-write: no parameter " + w_name);
+      const bool has_bias = names.count(b_name) > 0;
+      const size_t slot = 2 * l + part;
+      hooks.add(b + (part == 0 ? "attn.hook_z" : "mlp.hook_post"),
+                Intervention::callback([stash, slot](const at::Tensor& x, const HookContext&) -> at::Tensor {
+                  (*stash)[slot] = x;
+                  return {};
+                }));
+      // The weights are looked up per call: set_requires_grad swaps the model's tensors.
+      hooks.add(b + (part == 0 ? "hook_attn_out" : "hook_mlp_out"),
+                Intervention::callback([=](const at::Tensor& x, const HookContext&) -> at::Tensor {
+                  auto p = m->named_parameters();
+                  auto in = (*stash)[slot].detach();
+                  (*stash)[slot] = at::Tensor();
+                  in = in.reshape({in.size(0), in.size(1), -1});  // z [B,T,H,E] -> [B,T,H*E]
+                  auto rows = p.at(w_name).index_select(0, dim_idx);  // [k, in]
+                  auto flag = torch::matmul(in.to(rows.scalar_type()), rows.t());
+                  if (has_bias) flag = flag + p.at(b_name).index_select(0, dim_idx);
+                  return replace_dims(x, dim_idx, flag.to(x.scalar_type()));
+                }));
+    }
+  }
 }
 
 TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
@@ -147,6 +186,7 @@ std::string training_record(const FlagTrainOptions& o, size_t n_windows, size_t 
   j["supply"] = !o.supply_flags ? "none" : o.supply_on_only ? "on-only" : "all";
   j["supply_rate"] = o.supply_rate;
   j["supply_noise"] = o.supply_noise;
+  if (o.linear_write) j["linear_write"] = true;  // absent when off, so older records keep their fingerprint
   j["balance"] = o.balance;
   j["scope"] = flag_scope_name(o.scope);
   j["max_pos_weight"] = o.max_pos_weight;
@@ -292,6 +332,8 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     // will mention.
     return replace_dims(x, dim_idx, supply_values);
   }));
+
+  if (opt.linear_write) add_linear_write_hooks(model, opt.layer, dim_idx, hooks);
 
   // A fixed batch (the first windows, flags not supplied) measures aux before and after training.
   auto fixed_aux = [&]() {

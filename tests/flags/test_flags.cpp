@@ -147,6 +147,71 @@ TEST(FlagsLabels, SuppliedFlagsFollowTheSpecsSupplyMode) {
   EXPECT_THROW(lumen::parse_flag_supply("some"), lumen::Error);
 }
 
+// --linear-write: same forward; a loss on the flag dims reaches only the rows that write them.
+void check_linear_write(const std::string& rel, const std::vector<int>& ids, int64_t L) {
+  SCOPED_TRACE(rel);
+  auto model = lumen::Model::load(lumen_test::shared_path(rel));
+  auto dims = torch::tensor(std::vector<int64_t>{3, 17, 30}, torch::kLong);
+  auto t = lumen::tokens_tensor(ids);
+  auto resid = [&](lumen::HookSet& hooks) {
+    at::Tensor r;
+    hooks.hook("blocks." + std::to_string(L) + ".hook_resid_post", [&](const at::Tensor& x, const lumen::HookContext&) {
+      r = x;
+      return at::Tensor();
+    });
+    lumen::RunOptions ro;
+    ro.hooks = &hooks;
+    ro.stop_at_layer = L + 1;
+    model.forward(t, ro);
+    return r;
+  };
+  lumen::HookSet plain, linear;
+  lumen::add_linear_write_hooks(model, L, dims, linear);  // before set_requires_grad: weights are looked up per call
+  model.set_requires_grad(true);
+  auto r0 = resid(plain);
+  auto r1 = resid(linear);
+  EXPECT_LT((r0 - r1).abs().max().item<double>(), 1e-5);
+  r1.index_select(2, dims).pow(2).sum().backward();
+  auto p = model.named_parameters();
+  auto g = [&](const std::string& n) {
+    auto gr = p.at(n).grad();
+    return gr.defined() ? gr : torch::zeros_like(p.at(n));
+  };
+  auto rest = [&](const at::Tensor& gr, int64_t dim) {  // |grad| outside the flag rows / columns
+    auto keep = torch::ones({gr.size(dim)}, torch::kBool);
+    keep.index_fill_(0, dims, false);
+    return gr.transpose(0, dim).index({keep}).abs().max().item<double>();
+  };
+  for (int64_t l = 0; l <= L; ++l) {
+    const std::string b = "blocks." + std::to_string(l) + ".";
+    for (const char* w : {"attn.W_O", "mlp.W_out"}) {
+      EXPECT_GT(g(b + w).index_select(0, dims).abs().max().item<double>(), 0) << b + w;
+      EXPECT_EQ(rest(g(b + w), 0), 0) << b + w;
+    }
+    for (const char* w : {"attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in", "mlp.W_gate", "ln1.w", "attn.b_Q"})
+      if (p.count(b + w)) EXPECT_EQ(g(b + w).abs().max().item<double>(), 0) << b + w;
+  }
+  EXPECT_GT(g("embed.W_E").index_select(1, dims).abs().max().item<double>(), 0);
+  EXPECT_EQ(rest(g("embed.W_E"), 1), 0);
+  // Without the hooks the same loss reaches the features upstream.
+  for (auto& kv : p) kv.second.mutable_grad() = at::Tensor();
+  resid(plain).index_select(2, dims).pow(2).sum().backward();
+  EXPECT_GT(g("blocks.0.attn.W_Q").abs().max().item<double>(), 0);
+  model.set_requires_grad(false);
+}
+
+TEST(FlagsTrain, LinearWriteKeepsValuesAndTrainsOnlyTheFlagRows) {
+  LUMEN_REQUIRE_SHARED(kModel);
+  LUMEN_REQUIRE_SHARED("testdata/models/gpt2_a");
+  check_linear_write(kModel, {1, 403, 407, 261, 378, 296}, 2);
+  check_linear_write("testdata/models/gpt2_a", {5, 17, 42, 9, 77, 3}, 1);  // biases, Conv1D weights
+  LUMEN_REQUIRE_SHARED("testdata/models/gemma2_a");
+  auto gemma = lumen::Model::load(lumen_test::shared_path("testdata/models/gemma2_a"));
+  lumen::HookSet h;
+  EXPECT_THROW(lumen::add_linear_write_hooks(gemma, 0, torch::tensor(std::vector<int64_t>{1}, torch::kLong), h),
+               lumen::Error);  // a norm after each block's output: the write is not linear
+}
+
 lumen::FlagTrainOptions tiny_opts(const std::string& out) {
   lumen::FlagTrainOptions o;
   o.layer = 2;
