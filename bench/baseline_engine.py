@@ -487,6 +487,17 @@ def pair(args):
         fastest = min(t for t in first if t)
         return max(1, min(args.max_calls, math.ceil(args.min_round_s / fastest)))
 
+    # The machine's GEMM rate moves with the load of other jobs (125-236 GFLOP/s in one day on the
+    # 2-core box), so a roofline taken minutes apart from a workload compares two machines. Each
+    # round of a prefill or fwd+bwd therefore also times the roofline, on its side, right before
+    # the workload; % roofline is the median of the per-round shares.
+    lumen_roof = lambda: lumen.call("roofline", reps=1)["gflops"]  # noqa: E731
+    eager_roof = lambda: roofline(m, 1)["gflops"]  # noqa: E731
+
+    def with_roofline(sink, roof_fn, work_fn):
+        sink.append(roof_fn())
+        return work_fn()
+
     rooflines()
     out["prefill"] = {}
     for b, t in [tuple(int(v) for v in x.split("x")) for x in args.prefill_shapes.split(",")]:
@@ -499,10 +510,12 @@ def pair(args):
 
         first = [lumen.call("prefill", batch=key, warmup=1)["seconds"], eager_prefill(1, 1) if m is not None else None]
         calls = calls_for(first)
-        say(f"prefill {key}: {args.rounds} rounds of {calls} calls")
-        lu, ea = both(args.rounds, lambda r: b * t / lumen.call("prefill", batch=key, calls=calls)["seconds"],
-                      lambda r: b * t / eager_prefill(calls))
-        out["prefill"][key] = {"calls": calls, **paired.summary(lu, ea)}
+        say(f"prefill {key}: {args.rounds} rounds of {calls} calls, each after its own roofline")
+        rr = {"lumen": [], "eager": []}
+        lu, ea = both(args.rounds, lambda r: with_roofline(rr["lumen"], lumen_roof,
+                                                           lambda: b * t / lumen.call("prefill", batch=key, calls=calls)["seconds"]),
+                      lambda r: with_roofline(rr["eager"], eager_roof, lambda: b * t / eager_prefill(calls)))
+        out["prefill"][key] = {"calls": calls, **paired.summary(lu, ea), "round_roofline": rr}
 
     say(f"decode {NEW_TOKENS} tokens: {args.decode_rounds} rounds")
     prompt = [token_at(0, t, out["config"]["d_vocab"]) for t in range(PROMPT_LEN)]
@@ -532,9 +545,11 @@ def pair(args):
     calls = calls_for(first)
     say(f"fwd+bwd {key}: {args.rounds} rounds of {calls} calls")
     n_tok = TRAIN[0] * TRAIN[1]
-    lu, ea = both(args.rounds, lambda r: n_tok / lumen.call("fwd_bwd", calls=calls)["seconds"],
-                  lambda r: n_tok / mean_seconds(step, calls))
-    out["fwd_bwd"] = {key: {"calls": calls, **paired.summary(lu, ea)}}
+    rr = {"lumen": [], "eager": []}
+    lu, ea = both(args.rounds, lambda r: with_roofline(rr["lumen"], lumen_roof,
+                                                       lambda: n_tok / lumen.call("fwd_bwd", calls=calls)["seconds"]),
+                  lambda r: with_roofline(rr["eager"], eager_roof, lambda: n_tok / mean_seconds(step, calls)))
+    out["fwd_bwd"] = {key: {"calls": calls, **paired.summary(lu, ea), "round_roofline": rr}}
 
     rooflines()
     out["roofline"] = {k: {"gflops": max(r["gflops"] for r in v), "gflops_each": [r["gflops"] for r in v]} if v else None
@@ -661,8 +676,8 @@ def report(args):
     w("Paired rounds: each round times lumen and eager back to back, alternating which goes first "
       "(bench/README.md). Throughput in tokens/s, medians over the rounds; lumen/eager = the median of the "
       "per-round ratios (>1: lumen faster), with their min–max range and, from 5 rounds on, a 95% bootstrap "
-      "interval (CI) of that median. % roofline = model GFLOP/s over the "
-      "best fp32 GEMM GFLOP/s that the same process measured before and after its workloads. "
+      "interval (CI) of that median. % roofline = the median over rounds of the model's GFLOP/s over the "
+      "best fp32 GEMM GFLOP/s that the same side measured right before, in that round. "
       "Status judges the median ratio.")
     w("")
     w("| shape | workload | lumen | eager | lumen/eager (range) | lumen % roofline | eager % roofline | target | status |")
@@ -678,9 +693,24 @@ def report(args):
             roof_e = (P["roofline"].get("eager") or {}).get("gflops")
             w(f"| {s} | GEMM roofline: best of the model's shapes, before and after the workloads (GFLOP/s) "
               f"| {fmt(roof_l)} | {fmt(roof_e)} | | | | | |")
+            rr = ((P["prefill"].get("8x128") or {}).get("round_roofline") or {})
+            if rr.get("lumen"):
+                def spread(xs):
+                    return f"{fmt(statistics.median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})" if xs else "—"
+                w(f"| {s} | GEMM roofline in each prefill 8×128 round, right before the workload: median (min–max) "
+                  f"| {spread(rr['lumen'])} | {spread(rr.get('eager') or [])} | | | | | |")
 
             def pct_of(tok_s, flops_per_tok, roof):
                 return 100.0 * tok_s * flops_per_tok / 1e9 / roof if tok_s and roof else None
+
+            def pcts(q, side, flops_per_tok, roof):
+                """Median per-round share of the roofline timed in that round; runs from before the
+                per-round rooflines fall back to the median rate over the best roofline."""
+                each = (q.get("round_roofline") or {}).get(side) or []
+                rates = q.get(side) or []
+                if each and len(each) == len(rates):
+                    return statistics.median(pct_of(x, flops_per_tok, g) for x, g in zip(rates, each))
+                return pct_of(q[f"{side}_median"], flops_per_tok, roof)
 
             for B, T in PREFILL:
                 key = f"{B}x{T}"
@@ -689,7 +719,7 @@ def report(args):
                     continue
                 r = q.get("ratio_median")
                 per_tok = fwd_flops(c, B, T) / (B * T)
-                pl, pe = pct_of(q["lumen_median"], per_tok, roof_l), pct_of(q["eager_median"], per_tok, roof_e)
+                pl, pe = pcts(q, "lumen", per_tok, roof_l), pcts(q, "eager", per_tok, roof_e)
                 target, st = "—", "—"
                 if key != "1x128":
                     target, ok = "≥1.0×", None if r is None else r >= 1.0
@@ -714,7 +744,7 @@ def report(args):
             q = P["fwd_bwd"][key]
             r = q.get("ratio_median")
             per_tok = fwd_bwd_flops(c, *TRAIN) / (TRAIN[0] * TRAIN[1])
-            pl, pe = pct_of(q["lumen_median"], per_tok, roof_l), pct_of(q["eager_median"], per_tok, roof_e)
+            pl, pe = pcts(q, "lumen", per_tok, roof_l), pcts(q, "eager", per_tok, roof_e)
             w(f"| {s} | fwd+bwd to input_embeds {TRAIN[0]}×{TRAIN[1]} (tok/s) | {fmt(q['lumen_median'])} "
               f"| {fmt(q['eager_median'])} | {paired.fmt_ratio(q)} | {pct(pl)} | {pct(pe)} | ≥1.0× "
               f"| {status(None if r is None else r >= 1.0, f'{s} fwd+bwd')} |")

@@ -122,6 +122,10 @@ struct FlagTrainOptions {
   // only the rows of W_O / W_out that write the flag dims and W_E's flag columns, and cannot enrich
   // the representation upstream. Llama/GPT-2 blocks only (no norm after the block's output).
   bool linear_write = false;
+  // Stage 2 weights the LM loss on the tokens of each concept's first mention by this factor (1: off):
+  // those few tokens are where a "this text needs X" flag informs the next-token prediction, and at
+  // TinyStories rates they are a few dozen per concept per epoch. Needs rule labels.
+  double mention_weight = 1.0;
   int64_t batch = 16;
   int64_t seq_len = 128;
   double lr = 3e-3;
@@ -153,18 +157,23 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
 std::vector<int64_t> choose_flag_dims(const Model& model, const std::vector<at::Tensor>& windows, int64_t layer,
                                       int64_t k, double* rms_out = nullptr);
 // Texts -> [BOS + tokens] windows truncated to seq_len, with the labels of what the window keeps.
-// With rules, `first` holds the position of the token that completes a concept's first mention
-// (-1 when absent); with given labels a present concept counts from position 0.
+// With rules, `first` holds the position of the token that completes a concept's first mention and
+// `start` the position of that mention's first token (-1 when absent); with given labels a present
+// concept counts from position 0.
 struct TokenWindows {
   std::vector<at::Tensor> tokens;          // each [T] int64, T <= seq_len
   std::vector<std::vector<uint8_t>> labels;
   std::vector<std::vector<int16_t>> first;
+  std::vector<std::vector<int16_t>> start;
   bool exact_positions = false;            // `first` came from rules
 };
 TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const std::vector<ConceptRule>& rules,
                           int64_t seq_len);
 // The 0/1 flag labels [B,T,k] of windows `idx` at positions 0..T-1 under `scope`.
 at::Tensor flag_labels(const TokenWindows& w, const std::vector<int64_t>& idx, int64_t T, int64_t k, FlagScope scope);
+// LM-loss weights [B,T-1] for windows `idx` (prediction t scores token t+1): `weight` where token t+1
+// belongs to the first mention of one of the first k concepts, 1 elsewhere. Needs rule positions.
+at::Tensor mention_weights(const TokenWindows& w, const std::vector<int64_t>& idx, int64_t T, int64_t k, double weight);
 
 // ---- steering and evaluation (src/flags/eval.cpp) ------------------------------------------------
 struct SteerOptions {

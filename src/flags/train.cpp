@@ -104,9 +104,9 @@ TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const
     if (static_cast<int64_t>(ids.size()) > seq_len) ids.resize(seq_len);
     if (ids.size() < 8) continue;
     std::vector<uint8_t> labels = it.labels;
-    std::vector<int16_t> first(labels.size(), -1);
+    std::vector<int16_t> first(labels.size(), -1), start(labels.size(), -1);
     for (size_t c = 0; c < labels.size(); ++c)
-      if (labels[c]) first[c] = 0;
+      if (labels[c]) first[c] = start[c] = 0;
     // Rule labels describe what the window keeps, so a flag means "this text (as seen) needs it".
     if (!rules.empty()) {
       auto seen = [&](size_t c, size_t n) {
@@ -115,7 +115,7 @@ TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const
       const std::string kept = tok.decode(ids);
       for (size_t c = 0; c < rules.size() && c < labels.size(); ++c) {
         labels[c] = rule_matches(rules[c], kept) ? 1 : 0;
-        first[c] = -1;
+        first[c] = start[c] = -1;
         if (!labels[c]) continue;
         // The shortest prefix that mentions the concept (binary search: mentions only accumulate).
         size_t lo = 1, hi = ids.size();
@@ -124,12 +124,21 @@ TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const
           if (seen(c, mid)) hi = mid; else lo = mid + 1;
         }
         first[c] = static_cast<int16_t>(lo - 1);
+        // The mention's first token: the latest s from which ids[s..first] still spell it (a word
+        // may take several tokens of a small vocabulary).
+        size_t s = lo - 1;
+        auto spelled = [&](size_t from) {
+          return rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin() + from, ids.begin() + lo)));
+        };
+        while (s > 1 && !spelled(s)) --s;
+        start[c] = static_cast<int16_t>(s);
       }
     }
     std::vector<int64_t> v(ids.begin(), ids.end());
     w.tokens.push_back(torch::tensor(v, torch::kLong));
     w.labels.push_back(std::move(labels));
     w.first.push_back(std::move(first));
+    w.start.push_back(std::move(start));
   }
   require(!w.tokens.empty(), ErrorKind::Arg, "flags: no text gave a window of at least 8 tokens");
   return w;
@@ -145,6 +154,20 @@ at::Tensor flag_labels(const TokenWindows& w, const std::vector<int64_t>& idx, i
       if (!w.labels[idx[b]][c]) continue;
       const int64_t from = scope == FlagScope::Prefix ? w.first[idx[b]][c] : 0;
       for (int64_t t = std::max<int64_t>(from, 0); t < T; ++t) a[b][t][c] = 1.0f;
+    }
+  return out;
+}
+
+at::Tensor mention_weights(const TokenWindows& w, const std::vector<int64_t>& idx, int64_t T, int64_t k, double weight) {
+  require(w.exact_positions, ErrorKind::Arg,
+          "flags: --mention-weight needs rule labels (positions of mentions); JSONL labels have none");
+  auto out = torch::ones({static_cast<int64_t>(idx.size()), std::max<int64_t>(T - 1, 0)}, torch::kFloat);
+  auto a = out.accessor<float, 2>();
+  for (size_t b = 0; b < idx.size(); ++b)
+    for (int64_t c = 0; c < k; ++c) {
+      if (!w.labels[idx[b]][c]) continue;
+      for (int64_t t = std::max<int64_t>(w.start[idx[b]][c], 1); t <= w.first[idx[b]][c] && t < T; ++t)
+        a[b][t - 1] = static_cast<float>(weight);
     }
   return out;
 }
@@ -187,6 +210,7 @@ std::string training_record(const FlagTrainOptions& o, size_t n_windows, size_t 
   j["supply_rate"] = o.supply_rate;
   j["supply_noise"] = o.supply_noise;
   if (o.linear_write) j["linear_write"] = true;  // absent when off, so older records keep their fingerprint
+  if (o.mention_weight != 1.0) j["mention_weight"] = o.mention_weight;  // likewise
   j["balance"] = o.balance;
   j["scope"] = flag_scope_name(o.scope);
   j["max_pos_weight"] = o.max_pos_weight;
@@ -243,6 +267,9 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
   require(!opt.out_dir.empty(), ErrorKind::Arg, "flags: --out DIR is required");
   const int64_t k = std::min<int64_t>(opt.n_dims, corpus.concepts.size());
   require(k > 0, ErrorKind::Arg, "flags: no concepts to train");
+  require(opt.mention_weight > 0, ErrorKind::Arg, "flags: --mention-weight must be > 0");
+  require(opt.mention_weight == 1.0 || !rules.empty(), ErrorKind::Arg,
+          "flags: --mention-weight needs rule labels (a plain-text --corpus); JSONL labels carry no positions");
   require(opt.dims.empty() || static_cast<int64_t>(opt.dims.size()) == k, ErrorKind::Arg,
           "flags: " + std::to_string(opt.dims.size()) + " dims given for " + std::to_string(k) + " concepts");
 
@@ -395,6 +422,13 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
         logits.narrow(1, 0, T - 1).reshape({-1, logits.size(2)}), tokens.narrow(1, 1, T - 1).reshape({-1}),
         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
     auto lm = (nll * vm.reshape({-1})).sum() / vm.sum();
+    // Stage 2, --mention-weight: the first-mention tokens count `mention_weight` times; the plain LM
+    // term stays as it is and the extra (W-1) share is added on top, so `lm` stays comparable.
+    torch::Tensor lm_extra;
+    if (stage2 && opt.mention_weight != 1.0) {
+      auto mw = mention_weights(win, idx, T, k, opt.mention_weight).to(model.device()) - 1.0;
+      lm_extra = (nll * (mw * vm).reshape({-1})).sum() / vm.sum();
+    }
     // aux: squared error in units of on_value, at every position after BOS.
     auto xs = stash.to(torch::kFloat).index_select(2, dim_idx);  // [B,T,k]
     auto target = lab * on;                                      // [B,T,k]
@@ -404,6 +438,7 @@ FlagTrainResult train_flags(Model& model, const std::string& base_path, const Co
     auto wm = w * am.unsqueeze(2);
     auto aux = (((xs - target) / on).pow(2) * wm).sum() / wm.sum();
     auto loss = lm + opt.alpha * aux;
+    if (lm_extra.defined()) loss = loss + lm_extra;
     for (auto& p : params) p.mutable_grad() = torch::Tensor();
     loss.backward();
 

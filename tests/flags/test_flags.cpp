@@ -92,6 +92,26 @@ TEST(FlagsLabels, PrefixScopeTurnsOnAtTheFirstMention) {
   }
   EXPECT_LT(w.first[0][dog], w.first[0][park]);
   EXPECT_EQ(w.first[0][cat], -1);
+  EXPECT_EQ(w.start[0][cat], -1);
+  // The mention's span: tokens start..first spell it, start+1..first do not.
+  auto spelled = [&](int64_t c, int64_t from) {
+    return lumen::rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin() + from, ids.begin() + w.first[0][c] + 1)));
+  };
+  for (int64_t c : {dog, park}) {
+    const int64_t s = w.start[0][c];
+    ASSERT_GE(s, 1) << corpus.concepts[c];
+    ASSERT_LE(s, w.first[0][c]) << corpus.concepts[c];
+    EXPECT_TRUE(spelled(c, s)) << corpus.concepts[c];
+    if (s < w.first[0][c]) EXPECT_FALSE(spelled(c, s + 1)) << corpus.concepts[c];
+  }
+  // Mention weights: prediction t scores token t+1, so the span's tokens are weighted one to the left.
+  auto mw = lumen::mention_weights(w, {0}, T, K, 5.0);
+  ASSERT_EQ(mw.sizes(), (std::vector<int64_t>{1, T - 1}));
+  for (int64_t t = 0; t + 1 < T; ++t) {
+    bool in = false;
+    for (int64_t c : {dog, park}) in = in || (t + 1 >= w.start[0][c] && t + 1 <= w.first[0][c]);
+    EXPECT_EQ(mw[0][t].item<float>(), in ? 5.f : 1.f) << t;
+  }
   auto pre = lumen::flag_labels(w, {0}, T, K, lumen::FlagScope::Prefix);
   auto win = lumen::flag_labels(w, {0}, T, K, lumen::FlagScope::Window);
   for (int64_t t = 0; t < T; ++t) {
@@ -106,6 +126,7 @@ TEST(FlagsLabels, PrefixScopeTurnsOnAtTheFirstMention) {
   given.items = {{"Tom saw a dog in the park and ran home.", {1}}};
   auto gw = lumen::make_windows(model, given, {}, 64);
   EXPECT_THROW(lumen::flag_labels(gw, {0}, 8, 1, lumen::FlagScope::Prefix), lumen::Error);
+  EXPECT_THROW(lumen::mention_weights(gw, {0}, 8, 1, 5.0), lumen::Error);
   EXPECT_EQ(lumen::flag_labels(gw, {0}, 8, 1, lumen::FlagScope::Window).sum().item<float>(), 8.f);
   EXPECT_THROW(lumen::parse_flag_scope("future"), lumen::Error);
 }
@@ -264,7 +285,8 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
   auto p1 = m1.named_parameters(), p3 = m3.named_parameters();
   for (auto& kv : p1) EXPECT_TRUE(torch::equal(kv.second, p3.at(kv.first))) << kv.first;
 
-  // The prefix scope with noisy, on-only supply resumes bit-identically too (noise is seeded per step).
+  // The prefix scope with noisy, on-only supply and a mention weight resumes bit-identically too
+  // (noise is seeded per step).
   {
     const std::string d3 = lumen_test::temp_dir("flags_prefix_full"), d4 = lumen_test::temp_dir("flags_prefix_resume");
     auto o3 = tiny_opts(d3), o4 = tiny_opts(d4);
@@ -272,11 +294,28 @@ TEST(FlagsTrain, AuxFallsAndResumeIsBitIdentical) {
       o->scope = lumen::FlagScope::Prefix;
       o->supply_noise = 0.2;
       o->supply_on_only = true;
+      o->mention_weight = 4.0;
       o->steps_write = 3;
       o->steps_rely = 4;
     }
     auto ma = lumen::Model::load(path);
     lumen::train_flags(ma, path, corpus, rules, o3);
+    {  // the mention weight is in effect (stage 2 takes other steps without it) and recorded
+      auto o0 = o3;
+      o0.out_dir = lumen_test::temp_dir("flags_prefix_plain");
+      o0.mention_weight = 1.0;
+      auto m0 = lumen::Model::load(path);
+      lumen::train_flags(m0, path, corpus, rules, o0);
+      EXPECT_FALSE(torch::equal(m0.named_parameters().at("blocks.4.mlp.W_out"), ma.named_parameters().at("blocks.4.mlp.W_out")));
+      EXPECT_EQ(nlohmann::json::parse(lumen::load_flag_spec(d3).training)["mention_weight"].get<double>(), 4.0);
+      EXPECT_FALSE(nlohmann::json::parse(lumen::load_flag_spec(o0.out_dir).training).contains("mention_weight"));
+      // JSONL labels carry no positions: refused before any training.
+      lumen::ConceptCorpus given;
+      given.concepts = {"dog"};
+      given.items = {{"Tom saw a dog in the park and ran home with it.", {1}}};
+      auto mg = lumen::Model::load(path);
+      EXPECT_THROW(lumen::train_flags(mg, path, given, {}, o3), lumen::Error);
+    }
     o4.stop_after_steps = 5;
     auto mb = lumen::Model::load(path);
     lumen::train_flags(mb, path, corpus, rules, o4);
