@@ -109,8 +109,9 @@ TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const
       if (labels[c]) first[c] = start[c] = 0;
     // Rule labels describe what the window keeps, so a flag means "this text (as seen) needs it".
     if (!rules.empty()) {
-      auto seen = [&](size_t c, size_t n) {
-        return rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + n)));
+      // Whether tokens [from, to) spell a mention of concept c.
+      auto mentions = [&](size_t c, size_t from, size_t to) {
+        return rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin() + from, ids.begin() + to)));
       };
       const std::string kept = tok.decode(ids);
       for (size_t c = 0; c < rules.size() && c < labels.size(); ++c) {
@@ -121,16 +122,13 @@ TokenWindows make_windows(const Model& model, const ConceptCorpus& corpus, const
         size_t lo = 1, hi = ids.size();
         while (lo < hi) {
           const size_t mid = (lo + hi) / 2;
-          if (seen(c, mid)) hi = mid; else lo = mid + 1;
+          if (mentions(c, 0, mid)) hi = mid; else lo = mid + 1;
         }
         first[c] = static_cast<int16_t>(lo - 1);
         // The mention's first token: the latest s from which ids[s..first] still spell it (a word
         // may take several tokens of a small vocabulary).
         size_t s = lo - 1;
-        auto spelled = [&](size_t from) {
-          return rule_matches(rules[c], tok.decode(std::vector<int32_t>(ids.begin() + from, ids.begin() + lo)));
-        };
-        while (s > 1 && !spelled(s)) --s;
+        while (s > 1 && !mentions(c, s, lo)) --s;
         start[c] = static_cast<int16_t>(s);
       }
     }
